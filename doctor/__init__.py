@@ -1,0 +1,55 @@
+"""Training Doctor: record a PyTorch training run, then diagnose why it fails to learn.
+
+    import doctor
+    with doctor.watch(model, optimizer, log="runs/exp1.log") as run:
+        ...
+        run.log(loss=loss)
+
+then ``doctor analyze runs/exp1.log``. Importing this package is cheap and has
+no side effects: torch and pandas are imported only when a name needs them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["watch", "Run", "Finding", "Fix", "Rule", "DoctorError", "__version__"]
+
+if TYPE_CHECKING:
+    from doctor.errors import DoctorError
+    from doctor.findings import Finding, Fix
+    from doctor.recorder.run import Run
+    from doctor.rule import Rule
+
+
+def watch(model: Any, optimizer: Any, log: Any = None, **options: Any) -> Run:
+    """Start recording ``model`` and ``optimizer`` into the run log ``log``.
+
+    Use as a context manager (a crash in the loop is recorded, the log is always
+    closed) or call ``close()`` yourself. Options are the fields of
+    :class:`doctor.recorder.config.RecorderConfig` plus ``name``.
+    """
+    from doctor.recorder.run import Run
+
+    return Run(model, optimizer, log, **options)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Run":
+        from doctor.recorder.run import Run
+
+        return Run
+    if name in ("Finding", "Fix"):
+        from doctor import findings
+
+        return getattr(findings, name)
+    if name == "Rule":
+        from doctor.rule import Rule
+
+        return Rule
+    if name == "DoctorError":
+        from doctor.errors import DoctorError
+
+        return DoctorError
+    raise AttributeError(f"module 'doctor' has no attribute {name!r}")

@@ -1,0 +1,352 @@
+"""Read a run log into a :class:`RunView`: a few tidy pandas frames that rules read.
+
+The reader trusts nothing: a partial last line (a killed process) is dropped
+and noted, undecodable lines are skipped and counted, values of the wrong shape
+are ignored, and anything that is not a doctor log is a one-line
+:class:`LogFormatError`. It never evaluates anything it reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from doctor import schema
+from doctor.errors import LogFormatError
+
+MAX_LOG_BYTES = 8 * 1024**3
+
+
+@dataclass
+class RunView:
+    """A read-only view of one recorded run. Rules read these frames, never the file.
+
+    Attributes:
+        header: the header record (model, optimizer, environment, config).
+        steps: one row per optimizer step (index ``step``): ``loss`` and every logged
+            scalar, ``lr`` (group 0), ``lr_g{i}``/``wd_g{i}`` per param group,
+            ``grad_norm`` (global, every step) and ``seconds`` (step wall time).
+        grad_norms: step x parameter, the max gradient norm over each sampling window.
+        weight_norms, update_ratios: step x parameter on sampled steps.
+        activations: statistic name -> step x module frame (``mean``, ``std``, ``absmax``,
+            ``zero_frac``, ``saturated_frac``, ``dead_frac``), modules in call order.
+        inputs: statistic name -> step x input tensor frame (``mean``, ``std``, ``min``, ``max``).
+        spectra: step x recurrent matrix (and gate block), largest singular value.
+        params: one row per parameter (module, shape, numel, group, weight_decay, recurrent ...).
+        modules: one row per module (type, activation kind, order, leaf).
+        call_order: recorded modules in the order the first forward pass called them.
+        events: event records (nonfinite, crash, recorder_error, close), in order.
+        truncated: the log ends without a ``close`` event (killed or crashed run).
+        notes: what the reader had to work around, for the report.
+    """
+
+    path: str
+    header: dict[str, Any]
+    steps: pd.DataFrame
+    grad_norms: pd.DataFrame
+    weight_norms: pd.DataFrame
+    update_ratios: pd.DataFrame
+    activations: dict[str, pd.DataFrame]
+    inputs: dict[str, pd.DataFrame]
+    spectra: pd.DataFrame
+    params: pd.DataFrame
+    modules: pd.DataFrame
+    call_order: list[str]
+    events: list[dict[str, Any]]
+    truncated: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.header.get("name") or Path(self.path).stem)
+
+    @property
+    def loss(self) -> pd.Series:
+        """The training loss per step (empty when none was logged)."""
+        return self.steps["loss"].dropna() if "loss" in self.steps else pd.Series(dtype=float)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.steps.index.max()) + 1 if len(self.steps) else 0
+
+    def has(self, data: str) -> bool:
+        """Whether the log holds ``data`` (a name used in a rule's ``requires``)."""
+        if data in ("loss", "val_loss", "lr", "grad_norm"):
+            return data in self.steps and self.steps[data].notna().any()
+        if data == "activations":
+            return bool(self.activations) and not self.activations["std"].empty
+        if data == "inputs":
+            return bool(self.inputs) and not self.inputs["std"].empty
+        if data in ("grad_norms", "weight_norms", "update_ratios", "spectra"):
+            return not getattr(self, data).empty
+        if data in ("model", "optimizer"):
+            return bool(self.header.get(data))
+        return False
+
+    def events_of(self, type_: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("type") == type_]
+
+    def identity(self) -> dict[str, Any]:
+        """The run's identity for reports and ``--json``."""
+        env = self.header.get("env") or {}
+        model = self.header.get("model") or {}
+        optimizer = self.header.get("optimizer") or {}
+        seconds = self.steps["seconds"].sum() if "seconds" in self.steps else 0.0
+        crash = self.events_of("crash")
+        return {
+            "name": self.name,
+            "path": self.path,
+            "model": model.get("class"),
+            "parameters": model.get("parameters"),
+            "optimizer": optimizer.get("class"),
+            "steps": self.num_steps,
+            "device": env.get("device"),
+            "device_name": env.get("device_name"),
+            "torch": env.get("torch"),
+            "started": env.get("started"),
+            "duration_s": round(float(seconds), 3) if _finite(seconds) else None,
+            "truncated": self.truncated,
+            "crashed": bool(crash),
+            "crash": {k: crash[0].get(k) for k in ("error", "message", "step")} if crash else None,
+            "notes": list(self.notes),
+            "schema": self.header.get("schema"),
+        }
+
+
+def load_run(path: str | Path) -> RunView:
+    """Read one run log. Raises :class:`LogFormatError` (one-line message) for anything unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise LogFormatError(f"no such file: '{path}'")
+    if path.is_dir():
+        raise LogFormatError(f"'{path}' is a directory; expected a run log written by doctor.watch(...)")
+    try:
+        size = path.stat().st_size
+        if size > MAX_LOG_BYTES:
+            raise LogFormatError(f"'{path}' is {size / 1e9:.1f} GB; expected a run log under 8 GB")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise LogFormatError(f"cannot read '{path}': {exc.strerror or exc}") from None
+    return parse_run(raw, str(path))
+
+
+def parse_run(raw: bytes, path: str = "<memory>") -> RunView:
+    """Parse the bytes of a run log (see :func:`load_run`)."""
+    if not raw.strip():
+        raise LogFormatError(f"'{path}' is empty; expected a run log written by doctor.watch(...)")
+    lines = raw.split(b"\n")
+    partial_tail = bool(lines[-1].strip())  # the writer ends every record with a newline
+    if not partial_tail:
+        lines = lines[:-1]
+    records, bad = [], 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            if i == 0:
+                raise LogFormatError(
+                    f"'{path}' is not a doctor run log (its first line is not JSON); "
+                    "expected a file written by doctor.watch(...)"
+                ) from None
+            if i == len(lines) - 1:
+                partial_tail = True
+            else:
+                bad += 1
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad += 1
+    header = records[0] if records else {}
+    if header.get("kind") != schema.HEADER or header.get("format") != schema.FORMAT_NAME:
+        raise LogFormatError(
+            f"'{path}' is not a doctor run log (no doctor header on its first line); "
+            "expected a file written by doctor.watch(...)"
+        )
+    version = header.get("schema")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise LogFormatError(f"'{path}' has a malformed schema version {version!r}; expected an integer")
+    if version > schema.SCHEMA_VERSION:
+        raise LogFormatError(
+            f"'{path}' was written with log schema {version}, newer than this doctor reads "
+            f"({schema.SCHEMA_VERSION}); upgrade training-doctor"
+        )
+    notes: list[str] = []
+    if bad:
+        notes.append(f"{bad} damaged line(s) were skipped")
+    if partial_tail:
+        notes.append("the last line was incomplete (the process stopped while writing) and was dropped")
+    return _build_view(path, header, records[1:], notes)
+
+
+def _build_view(path: str, header: dict[str, Any], records: list[dict[str, Any]], notes: list[str]) -> RunView:
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_kind.setdefault(str(record.get("kind")), []).append(record)
+    model = header.get("model") if isinstance(header.get("model"), dict) else {}
+    params = _params_frame(model.get("params"))
+    param_names = list(params.index)
+    events = [e for e in by_kind.get(schema.EVENT, []) if isinstance(e.get("type"), str)]
+    closed = any(e.get("type") == "close" for e in events)
+    if not closed:
+        notes.append("the log has no close event: the run was killed or is still running; analyzed up to its last record")
+    trace = by_kind.get(schema.TRACE, [])
+    call_order = [str(n) for n in trace[0].get("call_order", [])] if trace and isinstance(trace[0].get("call_order"), list) else []
+    activations = _tables(by_kind.get(schema.ACTIVATIONS, []), "modules", schema.ACTIVATION_STATS)
+    return RunView(
+        path=path,
+        header=header,
+        steps=_steps_frame(by_kind.get(schema.STEPS, [])),
+        grad_norms=_wide(by_kind.get(schema.GRADS, []), "norm", param_names),
+        weight_norms=_wide(by_kind.get(schema.WEIGHTS, []), "norm", param_names),
+        update_ratios=_wide(by_kind.get(schema.WEIGHTS, []), "update_ratio", param_names),
+        activations=activations,
+        inputs=_tables(by_kind.get(schema.INPUTS, []), "names", schema.INPUT_STATS),
+        spectra=_wide(by_kind.get(schema.SPECTRA, []), "sigma_max", None, columns_key="matrices"),
+        params=params,
+        modules=_modules_frame(model.get("modules")),
+        call_order=call_order,
+        events=events,
+        truncated=not closed,
+        notes=notes,
+    )
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _as_float_array(rows: Any) -> np.ndarray | None:
+    """Numbers (None as NaN) as a float array, or None when the value is not a regular array of numbers."""
+    if not isinstance(rows, list):
+        return None
+    try:
+        return np.array(rows, dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _step_index(record: dict[str, Any]) -> list[int] | None:
+    steps = record.get("step")
+    if not isinstance(steps, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in steps):
+        return None
+    return steps
+
+
+def _steps_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    frames = []
+    for record in records:
+        steps = _step_index(record)
+        if not steps:
+            continue
+        n = len(steps)
+        columns: dict[str, Any] = {}
+        for key in ("grad_norm", "seconds"):
+            values = _as_float_array(record.get(key))
+            if values is not None and values.shape == (n,):
+                columns[key] = values
+        for key, prefix in (("lr", "lr_g"), ("weight_decay", "wd_g")):
+            table = record.get(key)
+            if isinstance(table, list) and len(table) == n:
+                width = max((len(r) for r in table if isinstance(r, list)), default=0)
+                padded = [r + [None] * (width - len(r)) if isinstance(r, list) else [None] * width for r in table]
+                values = _as_float_array(padded)
+                if values is not None and values.ndim == 2:
+                    for g in range(values.shape[1]):
+                        columns[f"{prefix}{g}"] = values[:, g]
+        scalars = record.get("scalars")
+        if isinstance(scalars, dict):
+            for key, column in scalars.items():
+                values = _as_float_array(column)
+                if values is not None and values.shape == (n,) and key not in columns:
+                    columns[str(key)] = values
+        frames.append(pd.DataFrame(columns, index=pd.Index(steps, name="step")))
+    if not frames:
+        return pd.DataFrame(index=pd.Index([], name="step", dtype=int))
+    steps = pd.concat(frames)
+    if not steps.index.is_unique:
+        steps = steps.groupby(level=0).last()  # late-logged scalars merge into their step
+    steps = steps.sort_index()
+    if "lr_g0" in steps:
+        steps["lr"] = steps["lr_g0"]
+    return steps
+
+
+def _wide(
+    records: list[dict[str, Any]], key: str, columns: list[str] | None, columns_key: str | None = None
+) -> pd.DataFrame:
+    frames = []
+    for record in records:
+        steps = _step_index(record)
+        names = record.get(columns_key) if columns_key else columns
+        if not steps or not isinstance(names, list):
+            continue
+        values = _as_float_array(record.get(key))
+        if values is None or values.ndim != 2 or values.shape != (len(steps), len(names)):
+            continue
+        frames.append(pd.DataFrame(values, index=pd.Index(steps, name="step"), columns=[str(n) for n in names]))
+    if not frames:
+        return pd.DataFrame(index=pd.Index([], name="step", dtype=int))
+    frame = pd.concat(frames)
+    if not frame.index.is_unique:
+        frame = frame.groupby(level=0).last()
+    return frame.sort_index()
+
+
+def _tables(records: list[dict[str, Any]], names_key: str, stats: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    per_stat: dict[str, list[pd.DataFrame]] = {s: [] for s in stats}
+    for record in records:
+        steps = _step_index(record)
+        names = record.get(names_key)
+        if not steps or not isinstance(names, list):
+            continue
+        values = _as_float_array(record.get("values"))
+        if values is None or values.shape != (len(steps), len(names), len(stats)):
+            continue
+        index = pd.Index(steps, name="step")
+        for k, stat in enumerate(stats):
+            per_stat[stat].append(pd.DataFrame(values[:, :, k], index=index, columns=[str(n) for n in names]))
+    out = {}
+    for stat, frames in per_stat.items():
+        if frames:
+            frame = pd.concat(frames)
+            out[stat] = (frame.groupby(level=0).last() if not frame.index.is_unique else frame).sort_index()
+        else:
+            out[stat] = pd.DataFrame(index=pd.Index([], name="step", dtype=int))
+    return out
+
+
+_PARAM_COLUMNS = ("module", "module_type", "numel", "group", "weight_decay", "recurrent", "requires_grad", "gates", "shape")
+
+
+def _params_frame(params: Any) -> pd.DataFrame:
+    rows = []
+    if isinstance(params, list):
+        for p in params:
+            if isinstance(p, dict) and isinstance(p.get("name"), str):
+                rows.append({"name": p["name"], **{k: p.get(k) for k in _PARAM_COLUMNS}})
+    frame = pd.DataFrame(rows, columns=["name", *_PARAM_COLUMNS])
+    frame = frame.drop_duplicates("name").set_index("name")
+    frame["recurrent"] = frame["recurrent"].fillna(False).astype(bool)
+    frame["weight_decay"] = pd.to_numeric(frame["weight_decay"], errors="coerce")
+    frame["numel"] = pd.to_numeric(frame["numel"], errors="coerce")
+    return frame
+
+
+def _modules_frame(modules: Any) -> pd.DataFrame:
+    rows = []
+    if isinstance(modules, list):
+        for m in modules:
+            if isinstance(m, dict) and isinstance(m.get("name"), str):
+                rows.append({k: m.get(k) for k in ("name", "type", "activation", "order", "leaf", "params")})
+    frame = pd.DataFrame(rows, columns=["name", "type", "activation", "order", "leaf", "params"])
+    return frame.drop_duplicates("name").set_index("name")

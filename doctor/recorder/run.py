@@ -1,0 +1,596 @@
+"""`doctor.watch()`: hooks on a model and its optimizer that record a run log.
+
+Why it is built this way:
+
+* Steps are counted by the optimizer's own step hooks, so gradient accumulation
+  and skipped AMP steps come out right, and gradients are read exactly when the
+  optimizer consumes them.
+* Every statistic is reduced on the device to a few scalars and kept there;
+  the host copies a whole batch of steps at once (``flush``), asynchronously on
+  CUDA, so a watched step never waits for the GPU.
+* Every hook body runs under a guard: an error switches that statistic off,
+  is reported once as a warning and as a ``recorder_error`` event, and never
+  reaches the training loop.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as _dt
+import time
+import traceback
+import warnings
+import weakref
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from doctor import schema
+from doctor.errors import UsageError
+from doctor.recorder import statistics
+from doctor.recorder.config import RecorderConfig
+from doctor.recorder.summary import activation_kind, describe_model, environment, recorded_modules
+from doctor.recorder.transfer import HostCopy
+from doctor.recorder.writer import LogWriter, rounded
+
+_NO_VALUE = -1.0  # sentinel on the device for "no data" (norms are never negative)
+
+
+@dataclass
+class _StepRow:
+    """What one optimizer step contributes to the ``steps`` record (device tensors stay on device)."""
+
+    lr: list[float] | None = None
+    wd: list[float] | None = None
+    seconds: float | None = None
+    grad_total: torch.Tensor | None = None
+    scalars: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
+
+
+class Run:
+    """A watched training run. Create it with :func:`doctor.watch`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        log: str | Path | None = None,
+        *,
+        name: str | None = None,
+        **options: Any,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"doctor.watch expects an nn.Module as model, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise UsageError(f"doctor.watch expects a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.config = RecorderConfig.from_options(options)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.path = Path(log) if log is not None else Path("runs") / f"{name or 'run'}-{stamp}.log"
+        self.name = name or self.path.stem
+        self._writer = LogWriter(self.path)
+        self.model = model
+        self.optimizer = optimizer
+        self._schedules = self.config.schedules()
+
+        self._names = [n for n, _ in model.named_parameters()]
+        self._params = [p for _, p in model.named_parameters()]
+        self._device = self._params[0].device if self._params else torch.device("cpu")
+        self._modules = recorded_modules(model)
+        self._module_kinds = [activation_kind(m) for _, m in self._modules]
+        model_summary, optimizer_summary = describe_model(model, optimizer)
+        self._recurrent = [
+            (i, info["gates"]) for i, info in enumerate(model_summary["params"]) if info["recurrent"]
+        ]
+        self._spectra_names: list[str] = []
+        for i, gates in self._recurrent:
+            self._spectra_names.append(self._names[i])
+            if gates == 4:
+                self._spectra_names += [f"{self._names[i]}[{g}]" for g in ("input", "forget", "cell", "output")]
+            elif gates == 3:
+                self._spectra_names += [f"{self._names[i]}[{g}]" for g in ("reset", "update", "new")]
+
+        self.step = 0
+        self.closed = False
+        self._disabled: set[str] = set()
+        self._rows: dict[int, _StepRow] = defaultdict(_StepRow)
+        self._grad_window: torch.Tensor | None = None
+        self._grad_rows: list[tuple[int, torch.Tensor]] = []
+        self._grad_index_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._weights_before: list[torch.Tensor] | None = None
+        self._weight_rows: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
+        self._act_rows: list[tuple[int, dict[int, torch.Tensor]]] = []
+        self._input_rows: list[tuple[int, dict[str, torch.Tensor]]] = []
+        self._spectra_rows: list[tuple[int, torch.Tensor]] = []
+        self._pending: list[HostCopy] = []
+        self._call_order: list[int] = []
+        self._call_order_set: set[int] = set()
+        self._nonfinite_seen: set[str] = set()
+        self._last_step_time = time.perf_counter()
+        self._last_flush_time = time.monotonic()
+        self._last_flush_step = 0
+        self._handles: list[Any] = []
+
+        self._writer.write(
+            {
+                "kind": schema.HEADER,
+                "format": schema.FORMAT_NAME,
+                "schema": schema.SCHEMA_VERSION,
+                "name": self.name,
+                "doctor": _doctor_version(),
+                "env": environment(self._device),
+                "model": model_summary,
+                "optimizer": optimizer_summary,
+                "recorded_modules": [n for n, _ in self._modules],
+                "spectra": self._spectra_names,
+                "config": self.config.to_json(),
+            }
+        )
+        self._install_hooks()
+        self._begin_step()
+        ref = weakref.ref(self)
+        self._atexit = lambda: (r := ref()) is not None and r.close(reason="interpreter exit")
+        atexit.register(self._atexit)
+
+    # ------------------------------------------------------------------ public API
+    def log(self, step: int | None = None, **scalars: Any) -> None:
+        """Attach scalars (tensors or numbers) to a step without forcing a device sync.
+
+        Without ``step``, values logged after ``optimizer.step()`` belong to the step
+        just taken; values logged after a training forward pass but before the
+        step belong to the step in progress. Several values for one key in one
+        step (gradient accumulation) are averaged.
+        """
+        if self.closed or "scalars" in self._disabled:
+            return
+        try:
+            if step is None:
+                step = self.step if (self._forward_seen or self.step == 0) else self.step - 1
+            row = self._rows[int(step)]
+            for key, value in scalars.items():
+                row.scalars[str(key)].append(self._scalar(value))
+        except Exception as exc:  # noqa: BLE001 - never raise into the user's loop
+            self._disable("scalars", exc)
+
+    def close(self, reason: str = "clean") -> None:
+        """Flush everything, write the ``close`` event, remove every hook. Safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        try:
+            atexit.unregister(self._atexit)
+        except Exception:  # noqa: BLE001
+            pass
+        if "log" not in self._disabled:
+            try:
+                self._flush(final=True)
+                self._drain(wait=True)
+                self._event("close", reason=reason, steps=self.step)
+            except Exception as exc:  # noqa: BLE001
+                self._disable("log", exc)
+        self._writer.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc_type is not None and "log" not in self._disabled:
+            self._safe(
+                "log",
+                lambda: self._event(
+                    "crash",
+                    step=self.step,
+                    error=exc_type.__name__,
+                    message=str(exc)[:2000],
+                    where="".join(traceback.format_tb(tb, limit=-3))[-2000:] if tb else "",
+                ),
+            )
+        self.close(reason="exception" if exc_type is not None else "clean")
+        return False
+
+    @property
+    def hook_count(self) -> int:
+        """How many hooks this run holds (zero after ``close()``)."""
+        return len(self._handles)
+
+    # ------------------------------------------------------------------ guard
+    def _disable(self, stat: str, exc: BaseException) -> None:
+        """Switch one statistic off after an error: warn once, record it, never raise."""
+        if stat in self._disabled:
+            return
+        self._disabled.add(stat)
+        message = f"{type(exc).__name__}: {exc}"[:500]
+        warnings.warn(f"doctor: stopped recording {stat} after an error ({message})", RuntimeWarning, stacklevel=3)
+        if stat != "log":
+            try:
+                self._event("recorder_error", stat=stat, step=self.step, error=message)
+            except Exception as write_exc:  # noqa: BLE001
+                self._disable("log", write_exc)
+        else:
+            self._handles_off()
+
+    def _handles_off(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _safe(self, stat: str, fn: Callable[[], Any]) -> Any:
+        if stat in self._disabled:
+            return None
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - the guard is the point
+            self._disable(stat, exc)
+            return None
+
+    # ------------------------------------------------------------------ hooks
+    def _install_hooks(self) -> None:
+        self._handles.append(self.optimizer.register_step_pre_hook(self._before_optimizer_step))
+        self._handles.append(self.optimizer.register_step_post_hook(self._after_optimizer_step))
+        self._handles.append(self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
+        for index, (_, module) in enumerate(self._modules):
+            self._handles.append(module.register_forward_hook(self._module_hook(index)))
+
+    def _begin_step(self) -> None:
+        self._forward_seen = False
+        self._capture_acts = "activations" not in self._disabled and self._schedules["activations"].due(self.step)
+        self._capture_inputs = "inputs" not in self._disabled and self._schedules["inputs"].due(self.step)
+        self._acts: dict[int, torch.Tensor] = {}
+        self._inputs: dict[str, torch.Tensor] | None = None
+
+    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if not torch.is_grad_enabled():
+            return  # evaluation passes are not training steps
+        self._forward_seen = True
+        if self._capture_inputs and self._inputs is None:
+            self._safe("inputs", lambda: self._record_inputs(args, kwargs))
+
+    def _record_inputs(self, args: tuple, kwargs: dict) -> None:
+        found: dict[str, torch.Tensor] = {}
+        for key, tensor in _floating_tensors(args, kwargs, self.config.max_inputs):
+            found[key] = statistics.input_stats(tensor)
+        self._inputs = found
+
+    def _module_hook(self, index: int) -> Callable[..., None]:
+        kind = self._module_kinds[index]
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if self.step == 0 and torch.is_grad_enabled() and index not in self._call_order_set:
+                self._call_order_set.add(index)
+                self._call_order.append(index)
+            if not self._capture_acts or index in self._acts or not torch.is_grad_enabled():
+                return
+            try:
+                tensor = _first_floating(output)
+                if tensor is not None:
+                    self._acts[index] = statistics.activation_stats(tensor, kind)
+            except Exception as exc:  # noqa: BLE001
+                self._capture_acts = False
+                self._disable("activations", exc)
+
+        return hook
+
+    def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        row = self._rows[self.step]
+        self._safe("learning_rate", lambda: self._record_lr(row))
+        self._safe("gradients", lambda: self._record_grads(row))
+        if self._schedules["weights"].due(self.step):
+            self._safe("weights", self._copy_weights)
+        if self._recurrent and self._schedules["spectra"].due(self.step):
+            self._safe("spectra", self._record_spectra)
+
+    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._weights_before is not None:
+            self._safe("weights", self._record_weights)
+            self._weights_before = None
+        now = time.perf_counter()
+        self._rows[self.step].seconds = now - self._last_step_time
+        self._last_step_time = now
+        if self._acts:
+            self._act_rows.append((self.step, self._acts))
+        if self._inputs:
+            self._input_rows.append((self.step, self._inputs))
+        if self.step == 0 and self._call_order:
+            names = [self._modules[i][0] for i in self._call_order]
+            self._safe("log", lambda: self._writer.write({"kind": schema.TRACE, "call_order": names}))
+        self.step += 1
+        self._begin_step()
+        if "log" in self._disabled:
+            return
+        self._safe("log", self._drain)
+        if (
+            self.step - self._last_flush_step >= self.config.flush_every
+            or time.monotonic() - self._last_flush_time >= self.config.flush_seconds
+        ):
+            self._safe("log", self._flush)
+
+    # ------------------------------------------------------------------ statistics
+    def _record_lr(self, row: _StepRow) -> None:
+        groups = self.optimizer.param_groups
+        row.lr = [_host_number(g.get("lr")) for g in groups]
+        row.wd = [_host_number(g.get("weight_decay", 0.0)) for g in groups]
+
+    def _record_grads(self, row: _StepRow) -> None:
+        indices, grads = [], []
+        for i, p in enumerate(self._params):
+            g = p.grad
+            if g is not None:
+                indices.append(i)
+                grads.append(g.coalesce()._values() if g.is_sparse else g)
+        if not grads:
+            return
+        norms = torch._foreach_norm(grads)
+        stacked = torch.stack([n.to(self._device, torch.float32, non_blocking=True) for n in norms])
+        row.grad_total = torch.linalg.vector_norm(stacked)
+        if len(indices) == len(self._params):
+            full = stacked
+        else:
+            key = tuple(indices)
+            index = self._grad_index_cache.get(key)
+            if index is None:
+                index = self._grad_index_cache[key] = torch.tensor(indices, device=self._device)
+            full = torch.full((len(self._params),), _NO_VALUE, device=self._device).index_copy_(0, index, stacked)
+        window = full if self._grad_window is None else torch.maximum(self._grad_window, full)
+        if self._schedules["grads"].due(self.step):
+            self._grad_rows.append((self.step, window))
+            self._grad_window = None
+        else:
+            self._grad_window = window
+
+    def _copy_weights(self) -> None:
+        self._weights_before = torch._foreach_mul([p.detach() for p in self._params], 1.0) if self._params else None
+
+    def _record_weights(self) -> None:
+        after = [p.detach() for p in self._params]
+        before = self._weights_before
+        weight = torch.stack([n.to(self._device, torch.float32) for n in torch._foreach_norm(after)])
+        delta = torch.stack([n.to(self._device, torch.float32) for n in torch._foreach_norm(torch._foreach_sub(after, before))])
+        ratio = delta / weight.clamp_min(1e-12)
+        self._weight_rows.append((self.step, weight, ratio))
+
+    def _record_spectra(self) -> None:
+        values = [statistics.spectral_norms(self._params[i], gates) for i, gates in self._recurrent]
+        self._spectra_rows.append((self.step, torch.cat([v.to(self._device) for v in values])))
+
+    def _scalar(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+            value = value.float().mean() if value.numel() != 1 else value.reshape(()).float()
+            return value.to(self._device, non_blocking=True) if value.device != self._device else value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"logged values must be numbers or tensors, got {type(value).__name__}")
+        return float(value)
+
+    # ------------------------------------------------------------------ flushing
+    def _flush(self, final: bool = False) -> None:
+        """Hand a batch of settled steps to the host: one asynchronous copy, no per-step sync."""
+        # The last step stays open: its loss is typically logged right after optimizer.step().
+        settled_before = self.step + 1 if final else self.step - 1
+        steps = sorted(s for s in self._rows if s < settled_before)
+        rows = [self._rows.pop(s) for s in steps]
+        if final and self._grad_window is not None:
+            self._grad_rows.append((self.step - 1, self._grad_window))
+            self._grad_window = None
+        tensors: dict[str, torch.Tensor] = {}
+        host: dict[str, Any] = {"steps": steps, "rows": rows, "scalar_slots": {}}
+
+        totals = [(i, r.grad_total) for i, r in enumerate(rows) if r.grad_total is not None]
+        if totals:
+            tensors["grad_total"] = torch.stack([t for _, t in totals])
+            host["grad_total_rows"] = [i for i, _ in totals]
+        flat: list[torch.Tensor] = []
+        for i, row in enumerate(rows):
+            for key, values in row.scalars.items():
+                if any(isinstance(v, torch.Tensor) for v in values):
+                    tvals = [v if isinstance(v, torch.Tensor) else torch.tensor(v, device=self._device) for v in values]
+                    host["scalar_slots"][(i, key)] = len(flat)
+                    flat.append(tvals[0] if len(tvals) == 1 else torch.stack(tvals).mean())
+        if flat:
+            tensors["scalars"] = torch.stack(flat)
+        for name, source in (
+            ("grads", self._grad_rows),
+            ("spectra", self._spectra_rows),
+        ):
+            if source:
+                host[f"{name}_steps"] = [s for s, _ in source]
+                tensors[name] = torch.stack([t for _, t in source])
+                source.clear()
+        if self._weight_rows:
+            host["weights_steps"] = [s for s, _, _ in self._weight_rows]
+            tensors["weights"] = torch.stack([w for _, w, _ in self._weight_rows])
+            tensors["update_ratio"] = torch.stack([r for _, _, r in self._weight_rows])
+            self._weight_rows.clear()
+        if self._act_rows:
+            tensors["activations"], host["activation_steps"], host["activation_modules"] = self._stack_table(
+                self._act_rows, len(schema.ACTIVATION_STATS), key_name=lambda i: self._modules[i][0]
+            )
+            self._act_rows.clear()
+        if self._input_rows:
+            tensors["inputs"], host["input_steps"], host["input_names"] = self._stack_table(
+                self._input_rows, len(schema.INPUT_STATS), key_name=str
+            )
+            self._input_rows.clear()
+        self._pending.append(HostCopy(tensors, host))
+        self._last_flush_time = time.monotonic()
+        self._last_flush_step = self.step
+
+    def _stack_table(
+        self, rows: list[tuple[int, dict[Any, torch.Tensor]]], width: int, key_name: Callable[[Any], str]
+    ) -> tuple[torch.Tensor, list[int], list[str]]:
+        keys: list[Any] = []
+        for _, entries in rows:
+            keys += [k for k in entries if k not in keys]
+        missing = torch.full((width,), float("nan"), device=self._device)
+        table = torch.stack(
+            [torch.stack([entries.get(k, missing).to(self._device) for k in keys]) for _, entries in rows]
+        )
+        return table, [s for s, _ in rows], [key_name(k) for k in keys]
+
+    def _drain(self, wait: bool = False) -> None:
+        """Write every batch whose copy to the host has finished (all of them when ``wait``)."""
+        while self._pending and (wait or self._pending[0].ready()):
+            copy = self._pending.pop(0)
+            self._write_batch(copy.host, copy.result())
+
+    def _write_batch(self, host: dict[str, Any], values: dict[str, list]) -> None:
+        steps = host["steps"]
+        if steps:
+            rows = host["rows"]
+            grad_total: list[float | None] = [None] * len(rows)
+            for slot, row_index in enumerate(host.get("grad_total_rows", [])):
+                grad_total[row_index] = values["grad_total"][slot]
+            keys = sorted({k for row in rows for k in row.scalars})
+            scalars: dict[str, list[float | None]] = {}
+            for key in keys:
+                column: list[float | None] = []
+                for i, row in enumerate(rows):
+                    slot = host["scalar_slots"].get((i, key))
+                    if slot is not None:
+                        column.append(values["scalars"][slot])
+                    elif row.scalars.get(key):
+                        vals = row.scalars[key]
+                        column.append(sum(vals) / len(vals))
+                    else:
+                        column.append(None)
+                scalars[key] = rounded(column, 7)
+            self._writer.write(
+                {
+                    "kind": schema.STEPS,
+                    "step": steps,
+                    "lr": [r.lr for r in rows],
+                    "weight_decay": [r.wd for r in rows],
+                    "seconds": [None if r.seconds is None else round(r.seconds, 6) for r in rows],
+                    "grad_norm": rounded([-1.0 if v is None else v for v in grad_total]),
+                    "scalars": scalars,
+                }
+            )
+            self._check_nonfinite(steps, scalars.get("loss"), grad_total)
+        if "grads" in values:
+            self._writer.write(
+                {"kind": schema.GRADS, "step": host["grads_steps"], "norm": [rounded(r) for r in values["grads"]]}
+            )
+            self._check_nonfinite_params(host["grads_steps"], values["grads"])
+        if "weights" in values:
+            self._writer.write(
+                {
+                    "kind": schema.WEIGHTS,
+                    "step": host["weights_steps"],
+                    "norm": [rounded(r) for r in values["weights"]],
+                    "update_ratio": [rounded(r) for r in values["update_ratio"]],
+                }
+            )
+        if "spectra" in values:
+            self._writer.write(
+                {
+                    "kind": schema.SPECTRA,
+                    "step": host["spectra_steps"],
+                    "matrices": self._spectra_names,
+                    "sigma_max": [rounded(r) for r in values["spectra"]],
+                }
+            )
+        if "activations" in values:
+            self._writer.write(
+                {
+                    "kind": schema.ACTIVATIONS,
+                    "step": host["activation_steps"],
+                    "modules": host["activation_modules"],
+                    "stats": list(schema.ACTIVATION_STATS),
+                    "values": [[rounded(m, 5) for m in row] for row in values["activations"]],
+                }
+            )
+        if "inputs" in values:
+            self._writer.write(
+                {
+                    "kind": schema.INPUTS,
+                    "step": host["input_steps"],
+                    "names": host["input_names"],
+                    "stats": list(schema.INPUT_STATS),
+                    "values": [[rounded(m, 5) for m in row] for row in values["inputs"]],
+                }
+            )
+
+    def _check_nonfinite(self, steps: list[int], loss: list[float | None] | None, grad_total: list) -> None:
+        for what, series in (("loss", loss), ("gradient", grad_total)):
+            if what in self._nonfinite_seen or series is None:
+                continue
+            for step, value in zip(steps, series):
+                if value is not None and not _finite(value):
+                    self._nonfinite_seen.add(what)
+                    self._event("nonfinite", what=what, step=step, value=str(value))
+                    break
+
+    def _check_nonfinite_params(self, steps: list[int], rows: list[list[float]]) -> None:
+        if "parameter" in self._nonfinite_seen:
+            return
+        for step, row in zip(steps, rows):
+            bad = [self._names[i] for i, v in enumerate(row) if not _finite(v)]
+            if bad:
+                self._nonfinite_seen.add("parameter")
+                self._event("nonfinite", what="parameter_gradient", step=step, params=bad[:20], count=len(bad))
+                return
+
+    def _event(self, type_: str, **fields: Any) -> None:
+        self._writer.write({"kind": schema.EVENT, "type": type_, "time": round(time.time(), 3), **fields})
+
+
+def _finite(value: float) -> bool:
+    return value == value and value not in (float("inf"), float("-inf"))
+
+
+def _host_number(value: Any) -> float | None:
+    """Learning rates may be tensors (some schedulers); read them without a device sync where possible."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return float(value) if value.device.type == "cpu" else None
+    return float(value)
+
+
+def _first_floating(output: Any) -> torch.Tensor | None:
+    """The tensor to describe: the output itself, a PackedSequence's data, or the first element of a tuple."""
+    if isinstance(output, torch.Tensor):
+        return output if output.is_floating_point() and output.numel() > 0 else None
+    if isinstance(output, nn.utils.rnn.PackedSequence):
+        return _first_floating(output.data)
+    if isinstance(output, (tuple, list)) and output:
+        return _first_floating(output[0])
+    if isinstance(output, dict) and output:
+        return _first_floating(next(iter(output.values())))
+    return None
+
+
+def _floating_tensors(args: tuple, kwargs: dict, limit: int) -> list[tuple[str, torch.Tensor]]:
+    found: list[tuple[str, torch.Tensor]] = []
+
+    def visit(key: str, value: Any, depth: int) -> None:
+        if len(found) >= limit or depth > 3:
+            return
+        if isinstance(value, nn.utils.rnn.PackedSequence):
+            value = value.data
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and value.numel() > 0:
+                found.append((key, value))
+        elif isinstance(value, (tuple, list)):
+            for i, v in enumerate(value):
+                visit(f"{key}[{i}]", v, depth + 1)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                visit(f"{key}.{k}", v, depth + 1)
+
+    for i, a in enumerate(args):
+        visit(f"input{i}", a, 0)
+    for k, v in kwargs.items():
+        visit(str(k), v, 0)
+    return found
+
+
+def _doctor_version() -> str:
+    from doctor import __version__
+
+    return __version__

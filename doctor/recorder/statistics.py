@@ -1,0 +1,57 @@
+"""On-device reductions: every function returns a small float32 tensor and never syncs with the host."""
+
+from __future__ import annotations
+
+import torch
+
+# Saturation: |y| > 0.99 for tanh-like outputs, y < 0.01 or y > 0.99 for sigmoid outputs.
+TANH_SATURATION = 0.99
+SIGMOID_SATURATION = 0.01
+
+
+def activation_stats(y: torch.Tensor, kind: str) -> torch.Tensor:
+    """mean, std, max|y|, fraction of exact zeros, fraction saturated, fraction of dead units.
+
+    A unit is dead when it is zero for every sample (and position) of the batch:
+    units are channels (dim 1) of a 4D/5D conv output, otherwise the last dim.
+    Saturation and deadness are only meaningful for the module's activation
+    ``kind`` ("tanh", "sigmoid", "relu"); for other kinds they are NaN.
+    """
+    y = y.detach()
+    yf = y.float()
+    nan = torch.full((), float("nan"), device=y.device)
+    std = yf.std() if yf.numel() > 1 else nan
+    zero = (yf == 0).float().mean()
+    if kind == "tanh":
+        saturated = (yf.abs() > TANH_SATURATION).float().mean()
+    elif kind == "sigmoid":
+        saturated = ((yf < SIGMOID_SATURATION) | (yf > 1 - SIGMOID_SATURATION)).float().mean()
+    else:
+        saturated = nan
+    if kind == "relu" and yf.dim() >= 2:
+        unit_dim = 1 if yf.dim() >= 4 else yf.dim() - 1
+        alive = (yf != 0).movedim(unit_dim, 0).reshape(yf.shape[unit_dim], -1).any(dim=1)
+        dead = 1.0 - alive.float().mean()
+    else:
+        dead = nan
+    return torch.stack([yf.mean(), std, yf.abs().amax(), zero, saturated, dead])
+
+
+def input_stats(x: torch.Tensor) -> torch.Tensor:
+    """mean, std, min, max of a floating input tensor."""
+    xf = x.detach().float()
+    std = xf.std() if xf.numel() > 1 else torch.full((), float("nan"), device=x.device)
+    return torch.stack([xf.mean(), std, xf.amin(), xf.amax()])
+
+
+def spectral_norms(weight: torch.Tensor, gates: int) -> torch.Tensor:
+    """Largest singular value of a recurrent matrix, then of each of its ``gates`` row blocks.
+
+    PyTorch stacks LSTM gates (i, f, g, o) and GRU gates (r, z, n) along dim 0 of
+    ``weight_hh``; each block maps the hidden state into one gate.
+    """
+    w = weight.detach().float()
+    if gates > 1:
+        blocks = w.reshape(gates, w.shape[0] // gates, w.shape[1])
+        return torch.cat([torch.linalg.matrix_norm(w, ord=2).reshape(1), torch.linalg.matrix_norm(blocks, ord=2)])
+    return torch.linalg.matrix_norm(w, ord=2).reshape(1)

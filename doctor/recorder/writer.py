@@ -1,0 +1,68 @@
+"""Append-only JSON Lines writer for the run log.
+
+Each record is encoded to one line and handed to the OS at once (write + flush),
+so a process killed at any moment leaves every earlier record intact and at
+most one partial last line, which the reader drops.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from doctor.errors import UsageError
+
+
+def rounded(values: list[float], digits: int = 6) -> list[float | None]:
+    """Round to ``digits`` significant digits to keep the log small; -1 (no data) becomes null."""
+    out: list[float | None] = []
+    for v in values:
+        if v == -1.0:
+            out.append(None)
+        elif math.isfinite(v):
+            out.append(float(f"{v:.{digits}g}"))
+        else:
+            out.append(v)
+    return out
+
+
+class LogWriter:
+    """Owns the log file: validated at open, one line per record, fsync on close."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Line-buffered text would flush per line anyway; we flush explicitly per record.
+            self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write the run log at '{self.path}': {exc.strerror or exc}; "
+                "pass a writable path as doctor.watch(..., log='runs/name.log')"
+            ) from None
+        self.bytes_written = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Encode one record as a single line and hand it to the OS (raises OSError on disk errors)."""
+        line = json.dumps(record, separators=(",", ":"), allow_nan=True, ensure_ascii=False) + "\n"
+        self._file.write(line)
+        self._file.flush()
+        self.bytes_written += len(line)
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError:
+            pass
+        finally:
+            self._file.close()
