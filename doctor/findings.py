@@ -34,6 +34,8 @@ class Chart:
     ``series`` names a frame of the run view: ``steps:<column>`` (e.g. ``steps:loss``),
     ``grad_norms``, ``weight_norms``, ``update_ratios``, ``spectra``,
     ``activations:<stat>`` or ``inputs:<stat>``; ``columns`` picks layers.
+    ``profile:<stat>`` plots one activation statistic across layers (in forward
+    order) at the first sampled step: the shape of the network at initialization.
     """
 
     series: str

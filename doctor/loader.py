@@ -43,6 +43,8 @@ class RunView:
         modules: one row per module (type, activation kind, order, leaf).
         call_order: recorded modules in the order the first forward pass called them.
         events: event records (nonfinite, crash, recorder_error, close), in order.
+        nonfinite: column of ``steps`` -> steps where a logged value was NaN/Inf
+            (told apart from values that were not logged, which are also NaN in ``steps``).
         truncated: the log ends without a ``close`` event (killed or crashed run).
         notes: what the reader had to work around, for the report.
     """
@@ -61,6 +63,7 @@ class RunView:
     call_order: list[str]
     events: list[dict[str, Any]]
     truncated: bool
+    nonfinite: dict[str, list[int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -201,16 +204,22 @@ def _build_view(path: str, header: dict[str, Any], records: list[dict[str, Any]]
         notes.append("the log has no close event: the run was killed or is still running; analyzed up to its last record")
     trace = by_kind.get(schema.TRACE, [])
     call_order = [str(n) for n in trace[0].get("call_order", [])] if trace and isinstance(trace[0].get("call_order"), list) else []
+    steps, nonfinite = _steps_frame(by_kind.get(schema.STEPS, []))
+    bad_inputs: list[int] = []
+    inputs = _tables(by_kind.get(schema.INPUTS, []), "names", schema.INPUT_STATS, bad_inputs)
+    if bad_inputs:
+        nonfinite["inputs"] = sorted(set(bad_inputs))
     activations = _tables(by_kind.get(schema.ACTIVATIONS, []), "modules", schema.ACTIVATION_STATS)
     return RunView(
         path=path,
         header=header,
-        steps=_steps_frame(by_kind.get(schema.STEPS, [])),
+        steps=steps,
+        nonfinite=nonfinite,
         grad_norms=_wide(by_kind.get(schema.GRADS, []), "norm", param_names),
         weight_norms=_wide(by_kind.get(schema.WEIGHTS, []), "norm", param_names),
         update_ratios=_wide(by_kind.get(schema.WEIGHTS, []), "update_ratio", param_names),
         activations=activations,
-        inputs=_tables(by_kind.get(schema.INPUTS, []), "names", schema.INPUT_STATS),
+        inputs=inputs,
         spectra=_wide(by_kind.get(schema.SPECTRA, []), "sigma_max", None, columns_key="matrices"),
         params=params,
         modules=_modules_frame(model.get("modules")),
@@ -242,8 +251,13 @@ def _step_index(record: dict[str, Any]) -> list[int] | None:
     return steps
 
 
-def _steps_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def _nonfinite_steps(steps: list[int], column: list[Any]) -> list[int]:
+    return [s for s, v in zip(steps, column) if isinstance(v, float) and not math.isfinite(v)]
+
+
+def _steps_frame(records: Iterable[dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, list[int]]]:
     frames = []
+    nonfinite: dict[str, list[int]] = {}
     for record in records:
         steps = _step_index(record)
         if not steps:
@@ -254,6 +268,8 @@ def _steps_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             values = _as_float_array(record.get(key))
             if values is not None and values.shape == (n,):
                 columns[key] = values
+                if key == "grad_norm":
+                    nonfinite.setdefault(key, []).extend(_nonfinite_steps(steps, record[key]))
         for key, prefix in (("lr", "lr_g"), ("weight_decay", "wd_g")):
             table = record.get(key)
             if isinstance(table, list) and len(table) == n:
@@ -269,16 +285,18 @@ def _steps_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                 values = _as_float_array(column)
                 if values is not None and values.shape == (n,) and key not in columns:
                     columns[str(key)] = values
+                    nonfinite.setdefault(str(key), []).extend(_nonfinite_steps(steps, column))
         frames.append(pd.DataFrame(columns, index=pd.Index(steps, name="step")))
+    nonfinite = {k: sorted(set(v)) for k, v in nonfinite.items() if v}
     if not frames:
-        return pd.DataFrame(index=pd.Index([], name="step", dtype=int))
+        return pd.DataFrame(index=pd.Index([], name="step", dtype=int)), nonfinite
     steps = pd.concat(frames)
     if not steps.index.is_unique:
         steps = steps.groupby(level=0).last()  # late-logged scalars merge into their step
     steps = steps.sort_index()
     if "lr_g0" in steps:
         steps["lr"] = steps["lr_g0"]
-    return steps
+    return steps, nonfinite
 
 
 def _wide(
@@ -302,16 +320,30 @@ def _wide(
     return frame.sort_index()
 
 
-def _tables(records: list[dict[str, Any]], names_key: str, stats: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+def _has_nonfinite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, list) and any(_has_nonfinite(v) for v in value)
+
+
+def _tables(
+    records: list[dict[str, Any]], names_key: str, stats: tuple[str, ...], nonfinite: list[int] | None = None
+) -> dict[str, pd.DataFrame]:
+    """Per-statistic wide frames; steps whose logged values held NaN/Inf (not nulls) go to ``nonfinite``."""
     per_stat: dict[str, list[pd.DataFrame]] = {s: [] for s in stats}
     for record in records:
         steps = _step_index(record)
         names = record.get(names_key)
         if not steps or not isinstance(names, list):
             continue
-        values = _as_float_array(record.get("values"))
+        raw = record.get("values")
+        if isinstance(raw, list):
+            raw = [[c if c is not None else [None] * len(stats) for c in r] if isinstance(r, list) else r for r in raw]
+        values = _as_float_array(raw)
         if values is None or values.shape != (len(steps), len(names), len(stats)):
             continue
+        if nonfinite is not None:
+            nonfinite.extend(s for s, row in zip(steps, record["values"]) if _has_nonfinite(row))
         index = pd.Index(steps, name="step")
         for k, stat in enumerate(stats):
             per_stat[stat].append(pd.DataFrame(values[:, :, k], index=index, columns=[str(n) for n in names]))

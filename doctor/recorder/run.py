@@ -85,6 +85,7 @@ class Run:
         self._recurrent = [
             (i, info["gates"]) for i, info in enumerate(model_summary["params"]) if info["recurrent"]
         ]
+        self._spectral = statistics.SpectralNorms()
         self._spectra_names: list[str] = []
         for i, gates in self._recurrent:
             self._spectra_names.append(self._names[i])
@@ -355,7 +356,7 @@ class Run:
         self._weight_rows.append((self.step, weight, ratio))
 
     def _record_spectra(self) -> None:
-        values = [statistics.spectral_norms(self._params[i], gates) for i, gates in self._recurrent]
+        values = [self._spectral(self._names[i], self._params[i], gates) for i, gates in self._recurrent]
         self._spectra_rows.append((self.step, torch.cat([v.to(self._device) for v in values])))
 
     def _scalar(self, value: Any) -> Any:
@@ -407,12 +408,12 @@ class Run:
             tensors["update_ratio"] = torch.stack([r for _, _, r in self._weight_rows])
             self._weight_rows.clear()
         if self._act_rows:
-            tensors["activations"], host["activation_steps"], host["activation_modules"] = self._stack_table(
+            tensors["activations"], host["activation_steps"], host["activation_modules"], host["activation_present"] = self._stack_table(
                 self._act_rows, len(schema.ACTIVATION_STATS), key_name=lambda i: self._modules[i][0]
             )
             self._act_rows.clear()
         if self._input_rows:
-            tensors["inputs"], host["input_steps"], host["input_names"] = self._stack_table(
+            tensors["inputs"], host["input_steps"], host["input_names"], host["input_present"] = self._stack_table(
                 self._input_rows, len(schema.INPUT_STATS), key_name=str
             )
             self._input_rows.clear()
@@ -422,7 +423,7 @@ class Run:
 
     def _stack_table(
         self, rows: list[tuple[int, dict[Any, torch.Tensor]]], width: int, key_name: Callable[[Any], str]
-    ) -> tuple[torch.Tensor, list[int], list[str]]:
+    ) -> tuple[torch.Tensor, list[int], list[str], list[list[bool]]]:
         keys: list[Any] = []
         for _, entries in rows:
             keys += [k for k in entries if k not in keys]
@@ -430,7 +431,8 @@ class Run:
         table = torch.stack(
             [torch.stack([entries.get(k, missing).to(self._device) for k in keys]) for _, entries in rows]
         )
-        return table, [s for s, _ in rows], [key_name(k) for k in keys]
+        present = [[k in entries for k in keys] for _, entries in rows]
+        return table, [s for s, _ in rows], [key_name(k) for k in keys], present
 
     def _drain(self, wait: bool = False) -> None:
         """Write every batch whose copy to the host has finished (all of them when ``wait``)."""
@@ -466,14 +468,18 @@ class Run:
                     "lr": [r.lr for r in rows],
                     "weight_decay": [r.wd for r in rows],
                     "seconds": [None if r.seconds is None else round(r.seconds, 6) for r in rows],
-                    "grad_norm": rounded([-1.0 if v is None else v for v in grad_total]),
+                    "grad_norm": rounded(grad_total),
                     "scalars": scalars,
                 }
             )
             self._check_nonfinite(steps, scalars.get("loss"), grad_total)
         if "grads" in values:
             self._writer.write(
-                {"kind": schema.GRADS, "step": host["grads_steps"], "norm": [rounded(r) for r in values["grads"]]}
+                {
+                    "kind": schema.GRADS,
+                    "step": host["grads_steps"],
+                    "norm": [rounded(r, no_value=_NO_VALUE) for r in values["grads"]],
+                }
             )
             self._check_nonfinite_params(host["grads_steps"], values["grads"])
         if "weights" in values:
@@ -501,7 +507,7 @@ class Run:
                     "step": host["activation_steps"],
                     "modules": host["activation_modules"],
                     "stats": list(schema.ACTIVATION_STATS),
-                    "values": [[rounded(m, 5) for m in row] for row in values["activations"]],
+                    "values": _table_values(values["activations"], host["activation_present"]),
                 }
             )
         if "inputs" in values:
@@ -511,7 +517,7 @@ class Run:
                     "step": host["input_steps"],
                     "names": host["input_names"],
                     "stats": list(schema.INPUT_STATS),
-                    "values": [[rounded(m, 5) for m in row] for row in values["inputs"]],
+                    "values": _table_values(values["inputs"], host["input_present"]),
                 }
             )
 
@@ -537,6 +543,11 @@ class Run:
 
     def _event(self, type_: str, **fields: Any) -> None:
         self._writer.write({"kind": schema.EVENT, "type": type_, "time": round(time.time(), 3), **fields})
+
+
+def _table_values(rows: list[list[list[float]]], present: list[list[bool]]) -> list[list[list[float | None] | None]]:
+    """Rows of per-module statistics; a module not seen in a sampled step is null."""
+    return [[rounded(cell, 5) if seen else None for cell, seen in zip(row, mask)] for row, mask in zip(rows, present)]
 
 
 def _finite(value: float) -> bool:

@@ -16,11 +16,11 @@ from typing import Any
 from doctor.errors import UsageError
 
 
-def rounded(values: list[float], digits: int = 6) -> list[float | None]:
-    """Round to ``digits`` significant digits to keep the log small; -1 (no data) becomes null."""
+def rounded(values: list[float | None], digits: int = 6, no_value: float | None = None) -> list[float | None]:
+    """Round to ``digits`` significant digits to keep the log small; ``no_value`` (a sentinel) becomes null."""
     out: list[float | None] = []
     for v in values:
-        if v == -1.0:
+        if v is None or v == no_value:
             out.append(None)
         elif math.isfinite(v):
             out.append(float(f"{v:.{digits}g}"))

@@ -1,0 +1,172 @@
+"""Gradient norms that spike far above their running level or grow geometrically.
+
+What it detects:
+    A gradient-norm spike far above the median of the preceding steps that drives
+    the loss above where training started; or the largest singular value of a
+    recurrent matrix multiplying between two samples (the weights blown away by
+    one step); or a sustained geometric rise of the gradient norm over the run.
+    It names the parameter whose own norm jumped most at the first spike.
+
+Why it matters:
+    One oversized step throws the weights far from where they were: a recurrent
+    matrix blown up this way saturates its units and the run rarely recovers.
+    Left alone, growth ends in NaN. RNNs are prone to it because the gradient
+    through time multiplies the recurrent matrix once per step.
+
+Evidence shown:
+    The spike's height against the running median, the step, the parameter where
+    it starts, and the recurrent spectral norm before and after.
+
+How to fix (cited):
+    Clipping first; then a lower learning rate and warm-up.
+
+Thresholds:
+    spike_ratio: 10x the median of the preceding `window` steps, and the loss within
+    a step of it above `loss_jump` (1.5x) its initial level. Healthy zoo runs
+    have gradient spikes of up to 26x (an LSTM at the moment it solves its task),
+    but their loss falls, or stays far below its start, at those steps.
+    sigma_jump: 3x between two spectral samples (healthy LSTMs grow about 1.5x per
+    sample). growth_ratio: the late median over the early median, 100x.
+
+Known false positives:
+    A deliberate learning-rate restart can produce one spike with a loss bump.
+    Spikes need 5 steps of history, so a blow-up in the first steps is caught
+    by the spectral jump or by `nonfinite` instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from doctor import fixes
+from doctor.findings import Chart
+from doctor.rule import Rule
+from doctor.rulekit import finite_part, fmt
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    spike_ratio: float = 10.0  # a step's norm over the median of the preceding window
+    window: int = 20  # steps of history a spike is measured against (at least 5 needed)
+    loss_jump: float = 1.5  # the loss around the spike above this multiple of its initial level
+    growth_ratio: float = 100.0  # median of the last 20% over the first 20% of the run
+    sigma_jump: float = 3.0  # recurrent sigma_max multiplied by this between two samples
+    spectral_limit: float = 1.0  # ... and ending above this
+
+
+class ExplodingGradients(Rule):
+    id = "exploding_gradients"
+    title = "Exploding gradients"
+    severity = "error"
+    requires = ("grad_norm",)
+    Thresholds = Thresholds
+    fixes = (fixes.CLIP_GRAD_NORM, fixes.LOWER_LR, fixes.WARMUP, fixes.VARIANCE_INIT)
+
+    def check(self, run, t):
+        g = finite_part(run.steps["grad_norm"], run).dropna()
+        g = g[np.isfinite(g.to_numpy())]
+        if len(g) < 10:
+            return []
+        spikes, ratio, baseline = self._harmful_spikes(run, g, t)
+        fifth = max(len(g) // 5, 1)
+        growth = float(g.iloc[-fifth:].median() / max(g.iloc[:fifth].median(), 1e-30))
+        jumps = self._recurrent_jumps(run, t)
+        if spikes.empty and growth < t.growth_ratio and not jumps:
+            return []
+        evidence = {"growth_late_over_early": growth}
+        if not spikes.empty:
+            first = int(spikes.index[0])
+            peak = int(ratio.loc[spikes.index].idxmax())
+            evidence |= {
+                "first_spike_step": first,
+                "spike_steps": len(spikes),
+                "peak_ratio": float(ratio.loc[peak]),
+                "peak_step": peak,
+                "peak_grad_norm": float(g.loc[peak]),
+                "median_before_peak": float(baseline.loc[peak]),
+            }
+            where = (first, int(spikes.index[-1]))
+            summary = (
+                f"The gradient norm spiked to {fmt(float(ratio.loc[peak]))}x its running median at step {peak:,} "
+                f"({fmt(float(g.loc[peak]))} vs {fmt(float(baseline.loc[peak]))}) and the loss jumped with it"
+            )
+        elif jumps:
+            name, (before, after, step) = next(iter(jumps.items()))
+            first = step
+            where = (step, step)
+            summary = f"The largest singular value of `{name}` jumped from {fmt(before)} to {fmt(after)} by step {step:,}"
+        else:
+            first = int(g.index[-fifth])
+            where = (int(g.index[0]), int(g.index[-1]))
+            summary = f"The gradient norm grew {fmt(growth)}x from the start to the end of the run"
+        layer = self._starting_layer(run, first)
+        layers = [layer] if layer else []
+        if layer:
+            summary += f", starting in `{layer}`"
+        if jumps:
+            evidence["recurrent_sigma_max_jump"] = {k: list(v) for k, v in jumps.items()}
+            if not spikes.empty:
+                name, (before, after, _) = next(iter(jumps.items()))
+                summary += f"; recurrent `{name}` went from sigma_max {fmt(before)} to {fmt(after)}"
+            layers += [k for k in jumps if k not in layers]
+        charts = [Chart("steps:grad_norm", "Global gradient norm", highlight=where, log_y=True)]
+        if run.has("loss"):
+            charts.append(Chart("steps:loss", "Training loss", highlight=where))
+        if jumps:
+            charts.append(Chart("spectra", "Largest singular value of recurrent weights", columns=tuple(jumps), threshold=1.0))
+        elif not run.grad_norms.empty and layers:
+            charts.append(
+                Chart("grad_norms", "Gradient norm per parameter", columns=tuple(layers[:4]), highlight=where, log_y=True)
+            )
+        return [self.finding(summary + ".", steps=where, layers=layers, evidence=evidence, charts=charts)]
+
+    @staticmethod
+    def _harmful_spikes(run, g, t):
+        """Steps far above the running median where the loss also rose well above its starting level.
+
+        Gradient spikes alone are common in healthy runs (the moment a model starts to solve
+        its task, or near-zero losses in a sharp basin); a spike that drives the loss above
+        where training began is the explosion that does damage.
+        """
+        baseline = g.rolling(t.window, min_periods=5).median().shift(1)
+        ratio = (g / baseline.clip(lower=1e-30)).dropna()
+        candidates = ratio[ratio >= t.spike_ratio]
+        if candidates.empty or not run.has("loss"):
+            return candidates.iloc[:0], ratio, baseline
+        loss = run.loss
+        initial = float(loss.iloc[: max(5, min(20, len(loss) // 10))].median())
+        around = loss.rolling(3, center=True, min_periods=1).max().reindex(candidates.index)
+        return candidates[around.to_numpy() >= t.loss_jump * initial], ratio, baseline
+
+    @staticmethod
+    def _starting_layer(run, step):
+        """The parameter whose norm rose most, relative to its own history, at the first spike."""
+        grads = run.grad_norms
+        if grads.empty:
+            return None
+        at = grads.loc[grads.index >= step].head(1)
+        history = grads.loc[grads.index < step].tail(20)
+        if at.empty or history.empty:
+            return None
+        jump = at.iloc[0] / history.median().clip(lower=1e-30)
+        jump = jump[np.isfinite(jump.to_numpy())]
+        return str(jump.idxmax()) if len(jump) else None
+
+    @staticmethod
+    def _recurrent_jumps(run, t):
+        """Recurrent matrices whose sigma_max multiplied between two samples and ended above the limit."""
+        out = {}
+        for column in run.spectra.columns:
+            if "[" in column:
+                continue  # whole matrices only; gate blocks are shown in the chart
+            sigma = run.spectra[column].dropna()
+            sigma = sigma[np.isfinite(sigma.to_numpy())]
+            if len(sigma) < 2:
+                continue
+            factor = sigma / sigma.shift(1)
+            step = factor.idxmax()
+            if factor.max() >= t.sigma_jump and sigma.loc[step] > t.spectral_limit:
+                out[column] = (float(sigma.shift(1).loc[step]), float(sigma.loc[step]), int(step))
+        return out
