@@ -145,6 +145,8 @@ def _print_analysis(console: Console, analysis) -> None:  # noqa: ANN001 - Analy
         style = _SEVERITY_STYLE.get(f.severity, "")
         where = f" steps {f.steps[0]:,}-{f.steps[1]:,}" if f.steps else ""
         console.print(f"  [{style}]{f.severity.upper():7}[/] [bold]{escape(f.rule)}[/]{where}: {escape(f.summary)}")
+        for c in f.consequences:
+            console.print(f"           [dim]consequence: {escape(c.rule)}: {escape(c.summary)}[/]")
         for i, fix in enumerate(f.fixes[:3], 1):
             console.print(f"           {i}. {escape(fix.text)} [dim]({escape(fix.source.cite())})[/]")
     for s in analysis.skipped:

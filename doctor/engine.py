@@ -156,7 +156,7 @@ class Analysis:
         parts = [f"{counts[s]} {s}{'s' if counts[s] != 1 else ''}" for s in SEVERITIES if counts[s]]
         top = [f for f in self.findings if f.severity in ("error", "warning")][:3]
         details = "; ".join(
-            f.title.lower()
+            f.title
             + (f" from step {f.steps[0]:,}" if f.steps else "")
             + (f" in {f.layers[0]}" if f.layers else "")
             for f in top
@@ -193,5 +193,18 @@ def analyze(run: RunView, rules: list[type[Rule]], thresholds: dict[str, Any] | 
             continue
         analysis.rules_run.append(rule_cls.id)
         analysis.findings.extend(found)
-    analysis.findings = sort_findings(analysis.findings)
+    analysis.findings = sort_findings(_fold_consequences(analysis.findings, {r.id: r for r in rules}))
     return analysis
+
+
+def _fold_consequences(findings: list[Finding], rules: dict[str, type[Rule]]) -> list[Finding]:
+    """Attach findings that another finding explains (a root cause) to it instead of listing them twice."""
+    causes = [f for f in findings if f.severity in ("error", "warning") and rules.get(f.rule) and rules[f.rule].explains]
+    kept = []
+    for finding in findings:
+        cause = next((c for c in causes if finding.rule in rules[c.rule].explains and c is not finding), None)
+        if cause is not None and finding.severity != "info":
+            cause.consequences.append(finding)
+        else:
+            kept.append(finding)
+    return kept

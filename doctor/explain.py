@@ -5,6 +5,8 @@ Used by ``doctor explain RULE`` and to write docs/rules.md, so nothing is writte
 
 from __future__ import annotations
 
+import textwrap
+
 from doctor.rule import DOC_HEADINGS, Rule
 
 
@@ -18,14 +20,15 @@ def explain_rule(rule: type[Rule], markdown: bool = False) -> str:
         body = sections.get(heading, "")
         if heading == "How to fix (cited)":
             body = "\n".join(
-                f"{i}. {fix.text}\n   Source: {fix.source.cite()}" + (f"\n   Example: {fix.code}" if fix.code else "")
+                f"{i}. {fix.text}\n   Source: {fix.source.cite()}"
+                + ("\n   Example:\n" + textwrap.indent(fix.code, "       ") if fix.code else "")
                 for i, fix in enumerate(rule.fixes, 1)
             ) + (f"\n{body}" if body else "")
         elif heading == "Thresholds":
             fields = rule.threshold_fields()
             listed = "\n".join(f"- {rule.id}.{name} = {value!r} ({kind})" for name, value, kind in fields)
             body = (listed or "none") + (f"\n{body}" if body else "")
-        out += ["", f"### {heading}" if markdown else f"{heading}:", body]
+        out += ["", f"### {heading}" if markdown else f"{heading}:", body if markdown else textwrap.indent(body, "  ")]
     return "\n".join(out).rstrip() + "\n"
 
 

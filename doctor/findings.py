@@ -68,6 +68,7 @@ class Finding:
     charts: list[Chart] = field(default_factory=list)
     fixes: list[Fix] = field(default_factory=list)
     why: str = ""
+    consequences: list[Finding] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -81,6 +82,9 @@ class Finding:
             "charts": [c.to_json() for c in self.charts],
             "fixes": [f.to_json() for f in self.fixes],
             "why": self.why,
+            "consequences": [
+                {"rule": c.rule, "severity": c.severity, "title": c.title, "summary": c.summary} for c in self.consequences
+            ],
         }
 
 

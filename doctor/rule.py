@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import textwrap
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from doctor.findings import Chart, Finding, Fix
@@ -56,6 +57,9 @@ class Rule:
     requires: ClassVar[tuple[str, ...]] = ()
     Thresholds: ClassVar[type] = NoThresholds
     fixes: ClassVar[tuple[Fix, ...]] = ()
+    # Rule ids whose findings are consequences of this rule's finding: when this rule fires
+    # (warning or error) their findings are folded into it instead of standing alone.
+    explains: ClassVar[tuple[str, ...]] = ()
 
     def check(self, run: RunView, t: Any) -> list[Finding]:
         raise NotImplementedError
@@ -89,19 +93,20 @@ class Rule:
 
     @classmethod
     def doc_sections(cls) -> dict[str, str]:
-        """The docstring split by its fixed headings."""
-        doc = inspect.cleandoc(cls.__doc__ or "")
+        """The rule's docstring (the class's, else its file's) split by its fixed headings."""
+        module = inspect.getmodule(cls)
+        doc = inspect.cleandoc(cls.__doc__ or (module.__doc__ if module else "") or "")
         sections: dict[str, str] = {}
         current = "summary"
         lines: list[str] = []
         for line in doc.splitlines():
             stripped = line.strip().rstrip(":")
             if stripped in DOC_HEADINGS:
-                sections[current] = "\n".join(lines).strip()
+                sections[current] = textwrap.dedent("\n".join(lines)).strip()
                 current, lines = stripped, []
             else:
                 lines.append(line)
-        sections[current] = "\n".join(lines).strip()
+        sections[current] = textwrap.dedent("\n".join(lines)).strip()
         return sections
 
     @classmethod

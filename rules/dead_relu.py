@@ -50,6 +50,7 @@ class DeadRelu(Rule):
     severity = "warning"
     requires = ("activations",)
     Thresholds = Thresholds
+    explains = ("loss_plateau", "vanishing_gradients")
     fixes = (fixes.RECOVERABLE_RELU, fixes.LOWER_LR, fixes.NORMALIZE_INPUTS, fixes.VARIANCE_INIT)
 
     def check(self, run, t):

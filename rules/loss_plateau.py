@@ -73,10 +73,13 @@ class LossPlateau(Rule):
         if update is not None:
             evidence["median_update_ratio"] = update
             if update < t.tiny_update:
-                summary += f"; updates change the weights by only {fmt(update)} of their norm: the learning rate is far too low"
+                summary += (
+                    f"; updates change the weights by only {fmt(100 * update)}% of their norm: "
+                    "the learning rate is far too low"
+                )
                 ranked = [fixes.RAISE_LR, fixes.OVERFIT_TINY_BATCH]
             else:
-                summary += f"; updates are normal-sized ({fmt(update)} of the weight norm), so look for a bug"
+                summary += f"; updates are normal-sized ({fmt(100 * update)}% of the weight norm), so look for a bug"
         if lr is not None and len(lr):
             evidence["lr"] = float(lr.median())
         charts = [Chart("steps:loss", "Training loss")]

@@ -54,6 +54,7 @@ class LrDecayTooFast(Rule):
     severity = "warning"
     requires = ("lr", "loss")
     Thresholds = Thresholds
+    explains = ("loss_plateau",)
     fixes = (fixes.SLOWER_DECAY, fixes.COSINE_OVER_RUN, fixes.ADAM_NO_DECAY, fixes.WARMUP)
 
     def check(self, run, t):

@@ -52,6 +52,7 @@ class Nonfinite(Rule):
     severity = "error"
     requires = ("loss",)
     Thresholds = Thresholds
+    explains = ("exploding_gradients", "lr_too_high", "loss_plateau")
     fixes = (fixes.FIND_NONFINITE_SOURCE, fixes.CLIP_GRAD_NORM, fixes.LOWER_LR, fixes.VARIANCE_INIT)
 
     def check(self, run, t):

@@ -59,6 +59,7 @@ class OverRegularizedRnn(Rule):
     severity = "error"
     requires = ("model", "optimizer")
     Thresholds = Thresholds
+    explains = ("loss_plateau", "vanishing_gradients")
     fixes = (fixes.EXEMPT_RECURRENT, fixes.CLIP_INSTEAD_OF_L2, fixes.RNN_DROPOUT, fixes.LAYER_NORM_RNN)
 
     def check(self, run, t):
@@ -86,11 +87,11 @@ class OverRegularizedRnn(Rule):
         charts = [Chart("spectra", "Largest singular value of recurrent weights", columns=tuple(names[:4]), threshold=1.0)]
         if shrunk and stalled:
             name, (start, end) = next(iter(shrunk.items()))
-            horizon = math.log(0.01) / math.log(end) if 0 < end < 1 else 0.0
+            horizon = max(math.log(0.01) / math.log(end), 1.0) if 0 < end < 1 else 1.0
             return [
                 self.finding(
                     f"Weight decay {fmt(decay[name])} on `{name}` shrank its largest singular value from {fmt(start)} "
-                    f"to {fmt(end)}: the state forgets 99% of a signal within {fmt(horizon)} time steps, and the loss "
+                    f"to {fmt(end)}: the state forgets 99% of a signal within {fmt(horizon)} time step(s), and the loss "
                     f"stalled at {fmt(l_end)} (start {fmt(l_start)}).",
                     steps=(int(run.spectra.index.min()), int(run.spectra.index.max())),
                     layers=list(shrunk),

@@ -44,6 +44,7 @@ class WeightsNotUpdating(Rule):
     title = "Weights not updating"
     severity = "error"
     requires = ("update_ratios", "grad_norms")
+    explains = ("loss_plateau",)
     fixes = (fixes.ADD_TO_OPTIMIZER,)
 
     @staticmethod

@@ -202,7 +202,7 @@ def healthy_lstm(log: Path) -> None:
     """An LSTM on a 30-step memory task with Adam and no weight decay: learns it."""
     torch.manual_seed(0)
     model = SequenceClassifier("lstm")
-    train_classifier(log, model, torch.optim.Adam(model.parameters(), 1e-2), memory_data(2048, 1), 300,
+    train_classifier(log, model, torch.optim.Adam(model.parameters(), 1e-2), memory_data(2048, 1), 400,
                      val=memory_data(256, 2), val_every=25)
 
 
@@ -282,8 +282,8 @@ def rnn_l2(log: Path) -> None:
     """Document 000: the healthy LSTM with L2 (Adam weight_decay) on every weight, recurrent ones too."""
     torch.manual_seed(0)
     model = SequenceClassifier("lstm")
-    train_classifier(log, model, torch.optim.Adam(model.parameters(), 1e-2, weight_decay=0.05), memory_data(2048, 1),
-                     300, val=memory_data(256, 2), val_every=25)
+    train_classifier(log, model, torch.optim.Adam(model.parameters(), 1e-2, weight_decay=1e-3), memory_data(2048, 1),
+                     400, val=memory_data(256, 2), val_every=25)
 
 
 @scenario("bad_init")
