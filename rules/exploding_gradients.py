@@ -94,14 +94,24 @@ class ExplodingGradients(Rule):
             )
         elif jumps:
             name, (before, after, step) = next(iter(jumps.items()))
-            first = step
-            where = (step, step)
-            summary = f"The largest singular value of `{name}` jumped from {fmt(before)} to {fmt(after)} by step {step:,}"
+            earlier = run.spectra.index[run.spectra.index < step]
+            start = int(earlier.max()) if len(earlier) else int(g.index[0])
+            window = g.loc[start:step]
+            peak = int(window.idxmax())
+            level = float(g.loc[: max(start, int(g.index[0]) + 4)].median())
+            first = peak
+            where = (start, step)
+            evidence |= {"peak_grad_step": peak, "peak_grad_norm": float(window.max()), "grad_norm_at_start": level}
+            summary = (
+                f"The largest singular value of `{name}` jumped from {fmt(before)} to {fmt(after)} between steps "
+                f"{start:,} and {step:,}, while the gradient norm peaked at {fmt(float(window.max()))} at step {peak:,} "
+                f"({fmt(float(window.max()) / max(level, 1e-30))}x its level at the start)"
+            )
         else:
             first = int(g.index[-fifth])
             where = (int(g.index[0]), int(g.index[-1]))
             summary = f"The gradient norm grew {fmt(growth)}x from the start to the end of the run"
-        layer = self._starting_layer(run, first)
+        layer = self._starting_layer(run, first) if not (jumps and spikes.empty) else None
         layers = [layer] if layer else []
         if layer:
             summary += f", starting in `{layer}`"
