@@ -348,10 +348,13 @@ class Run:
         self._weights_before = torch._foreach_mul([p.detach() for p in self._params], 1.0) if self._params else None
 
     def _record_weights(self) -> None:
+        """Weight norm before the update and ||w_after - w_before|| / ||w_before||, both on the device."""
         after = [p.detach() for p in self._params]
         before = self._weights_before
-        weight = torch.stack([n.to(self._device, torch.float32) for n in torch._foreach_norm(after)])
-        delta = torch.stack([n.to(self._device, torch.float32) for n in torch._foreach_norm(torch._foreach_sub(after, before))])
+        weight = torch.stack([n.to(self._device, torch.float32) for n in torch._foreach_norm(before)])
+        delta = torch.stack(
+            [n.to(self._device, torch.float32) for n in torch._foreach_norm(torch._foreach_sub(after, before))]
+        )
         ratio = delta / weight.clamp_min(1e-12)
         self._weight_rows.append((self.step, weight, ratio))
 

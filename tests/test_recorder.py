@@ -1,0 +1,344 @@
+"""The recorder on real small models: its numbers against independent computations, and its promises."""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import doctor
+from doctor.errors import UsageError
+from doctor.loader import load_run
+from doctor.recorder.schedule import Schedule
+from tests.zoo import SequenceClassifier, SmallCNN, TinyTransformer, image_data, memory_data
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _train(model, log, steps=12, accumulate=1, x=None, y=None, **options):
+    torch.manual_seed(1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(32, 6) if x is None else x
+    y = torch.randint(0, 3, (32,)) if y is None else y
+    losses = []
+    with doctor.watch(model, optimizer, log=log, **options) as run:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            for k in range(accumulate):
+                loss = nn.functional.cross_entropy(model(x[k::accumulate]), y[k::accumulate]) / accumulate
+                loss.backward()
+                run.log(loss=loss * accumulate)
+                losses.append(float(loss.detach()) * accumulate)
+            optimizer.step()
+    return run, losses
+
+
+def test_gradient_norms_match_an_independent_computation(tmp_path, tiny_mlp):
+    optimizer = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1)
+    expected = []
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    with doctor.watch(tiny_mlp, optimizer, log=tmp_path / "g.log") as run:
+        for _ in range(5):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(tiny_mlp(x), y)
+            loss.backward()
+            expected.append([torch.linalg.vector_norm(p.grad).item() for p in tiny_mlp.parameters()])
+            optimizer.step()
+            run.log(loss=loss)
+    view = load_run(tmp_path / "g.log")
+    np.testing.assert_allclose(view.grad_norms.to_numpy(), np.array(expected), rtol=1e-5)
+    total = np.sqrt((np.array(expected) ** 2).sum(axis=1))
+    np.testing.assert_allclose(view.steps["grad_norm"].to_numpy(), total, rtol=1e-5)
+    assert list(view.steps.index) == [0, 1, 2, 3, 4]
+
+
+def test_steps_are_counted_by_the_optimizer_under_gradient_accumulation(tmp_path, tiny_mlp):
+    run, losses = _train(tiny_mlp, tmp_path / "acc.log", steps=10, accumulate=4)
+    view = load_run(tmp_path / "acc.log")
+    assert run.step == 10 and view.num_steps == 10
+    per_step = np.array(losses).reshape(10, 4).mean(axis=1)  # logged micro-batch losses are averaged
+    np.testing.assert_allclose(view.loss.to_numpy(), per_step, rtol=1e-5)
+
+
+def test_update_ratio_and_weight_norm_match_the_weights(tmp_path, tiny_mlp):
+    before = [p.detach().clone() for p in tiny_mlp.parameters()]
+    _train(tiny_mlp, tmp_path / "w.log", steps=1, x=torch.randn(8, 6), y=torch.randint(0, 3, (8,)))
+    view = load_run(tmp_path / "w.log")
+    after = list(tiny_mlp.parameters())
+    for name, b, a in zip(view.params.index, before, after):
+        assert view.weight_norms.loc[0, name] == pytest.approx(torch.linalg.vector_norm(b).item(), rel=1e-5)
+        ratio = (torch.linalg.vector_norm(a.detach() - b) / torch.linalg.vector_norm(b)).item()
+        assert view.update_ratios.loc[0, name] == pytest.approx(ratio, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "make, data",
+    [
+        (lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)), lambda: (torch.randn(32, 6), torch.randint(0, 3, (32,)))),
+        (SmallCNN, lambda: image_data(32, 0)),
+        (lambda: SequenceClassifier("lstm", hidden=8, layers=2, bidirectional=True), lambda: memory_data(32, 0, length=6)),
+        (lambda: SequenceClassifier("gru", hidden=8), lambda: memory_data(32, 0, length=6)),
+        (lambda: TinyTransformer(16), lambda: memory_data(32, 0, length=6)),
+    ],
+    ids=["mlp", "cnn_bn", "bilstm2", "gru", "transformer"],
+)
+def test_step_zero_activation_statistics_exist_and_are_right(tmp_path, make, data):
+    torch.manual_seed(0)
+    model = make()
+    x, y = data()
+    first_module = next(m for m in model.modules() if not list(m.children()) or isinstance(m, nn.RNNBase))
+    captured = {}
+    def capture(module, args, out):
+        captured.setdefault("y", (out[0] if isinstance(out, tuple) else out).detach().clone())
+
+    handle = first_module.register_forward_hook(capture)
+    _train(model, tmp_path / "a.log", steps=3, x=x, y=y)
+    handle.remove()
+    view = load_run(tmp_path / "a.log")
+    assert view.activations["std"].index[0] == 0
+    assert len(view.activations["std"].columns) >= 2
+    name = next(n for n, m in model.named_modules() if m is first_module)
+    assert view.activations["mean"].loc[0, name] == pytest.approx(captured["y"].mean().item(), rel=1e-3, abs=1e-6)
+    assert view.activations["std"].loc[0, name] == pytest.approx(captured["y"].std().item(), rel=1e-3)
+    assert view.inputs["std"].loc[0, "input0"] == pytest.approx(x.std().item(), rel=1e-3)
+    assert view.call_order[0] == name
+
+
+def test_recurrent_singular_values_match_svdvals(tmp_path):
+    torch.manual_seed(0)
+    model = SequenceClassifier("lstm", hidden=16, layers=2, bidirectional=True)
+    initial = {n: p.detach().clone() for n, p in model.named_parameters() if "weight_hh" in n}
+    x, y = memory_data(32, 0, length=5)
+    _train(model, tmp_path / "s.log", steps=2, x=x, y=y)
+    view = load_run(tmp_path / "s.log")
+    assert len(initial) == 4  # 2 layers x 2 directions
+    for name, w in initial.items():
+        assert view.spectra.loc[0, name] == pytest.approx(torch.linalg.svdvals(w)[0].item(), rel=1e-3)
+        for k, gate in enumerate(("input", "forget", "cell", "output")):
+            block = w[k * 16 : (k + 1) * 16]
+            assert view.spectra.loc[0, f"{name}[{gate}]"] == pytest.approx(torch.linalg.svdvals(block)[0].item(), rel=1e-3)
+
+
+def test_training_is_bitwise_identical_with_and_without_the_recorder(tmp_path):
+    def losses(watched):
+        torch.manual_seed(0)
+        model = SequenceClassifier("lstm", hidden=8)
+        opt = torch.optim.Adam(model.parameters(), 1e-2)
+        x, y = memory_data(64, 0, length=6)
+        out = []
+        run = doctor.watch(model, opt, log=tmp_path / "b.log") if watched else None
+        for _ in range(20):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out.append(loss.item())
+            if run:
+                run.log(loss=loss)
+        if run:
+            run.close()
+        return out
+
+    assert losses(True) == losses(False)
+
+
+def test_an_error_inside_a_statistic_never_reaches_the_loop(tmp_path, tiny_mlp, monkeypatch):
+    from doctor.recorder import statistics
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom in a stat")
+
+    monkeypatch.setattr(statistics, "activation_stats", broken)
+    monkeypatch.setattr(torch, "_foreach_norm", broken)
+    with pytest.warns(RuntimeWarning, match="doctor: stopped recording") as caught:
+        _train(tiny_mlp, tmp_path / "e.log", steps=30)
+    messages = [str(w.message) for w in caught if "doctor" in str(w.message)]
+    assert len(messages) == 3  # one warning per broken statistic (weights use _foreach_norm too), not per step
+    view = load_run(tmp_path / "e.log")
+    errors = {e["stat"] for e in view.events_of("recorder_error")}
+    assert errors == {"activations", "gradients", "weights"}
+    assert view.loss.size == 30 and not view.truncated  # the rest is still recorded
+
+
+def test_no_host_device_sync_on_non_flush_steps(tmp_path, tiny_mlp, monkeypatch):
+    """Patch every host-reading Tensor method to raise: only the final flush may use them."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host-device sync in the hot path")
+
+    optimizer = torch.optim.SGD(tiny_mlp.parameters(), lr=0.05)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    run = doctor.watch(tiny_mlp, optimizer, log=tmp_path / "n.log", flush_every=10_000, flush_seconds=1e9)
+    with monkeypatch.context() as patch:
+        for method in ("item", "cpu", "tolist", "__float__", "numpy", "__bool__"):
+            patch.setattr(torch.Tensor, method, forbidden)
+        for _ in range(30):
+            loss = nn.functional.cross_entropy(tiny_mlp(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            run.log(loss=loss)
+    run.close()
+    view = load_run(tmp_path / "n.log")
+    assert not view.events_of("recorder_error")
+    assert view.loss.size == 30 and view.activations["std"].shape[0] == 2  # steps 0 and 25
+
+
+def test_unwritable_log_path_is_a_clear_error_at_watch_time(tmp_path, tiny_mlp):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UsageError, match="cannot write the run log at"):
+        doctor.watch(tiny_mlp, torch.optim.SGD(tiny_mlp.parameters(), 0.1), log=blocker / "run.log")
+
+
+def test_close_removes_every_hook(tmp_path, tiny_mlp):
+    run, _ = _train(tiny_mlp, tmp_path / "h.log", steps=2)
+    assert run.hook_count == 0
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in tiny_mlp.modules())
+
+
+def test_a_crash_in_the_loop_is_recorded_and_re_raised(tmp_path, tiny_mlp):
+    optimizer = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="bad batch"):
+        with doctor.watch(tiny_mlp, optimizer, log=tmp_path / "c.log") as run:
+            for step in range(5):
+                loss = tiny_mlp(torch.randn(4, 6)).sum()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                run.log(loss=loss)
+                if step == 3:
+                    raise ValueError("bad batch")
+    view = load_run(tmp_path / "c.log")
+    crash = view.events_of("crash")[0]
+    assert crash["error"] == "ValueError" and crash["message"] == "bad batch" and crash["step"] == 4
+    assert view.loss.size == 4
+
+
+def test_non_finite_values_round_trip(tmp_path, tiny_mlp):
+    optimizer = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1)
+    with doctor.watch(tiny_mlp, optimizer, log=tmp_path / "nan.log") as run:
+        for value in (1.0, float("nan"), float("inf"), -1.0):
+            loss = tiny_mlp(torch.randn(4, 6)).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            run.log(loss=torch.tensor(value), reward=value)
+    view = load_run(tmp_path / "nan.log")
+    loss = view.steps["loss"].to_numpy()
+    assert loss[0] == 1.0 and math.isnan(loss[1]) and loss[2] == math.inf and loss[3] == -1.0
+    assert view.nonfinite["loss"] == [1, 2] and view.nonfinite["reward"] == [1, 2]
+
+
+def test_a_run_killed_with_sigkill_leaves_a_readable_log(tmp_path):
+    log = tmp_path / "killed.log"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, torch
+        sys.path.insert(0, {str(REPO)!r})
+        import doctor
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        run = doctor.watch(model, opt, log={str(log)!r}, flush_every=10)
+        for step in range(1000):
+            loss = model(torch.randn(8, 6)).pow(2).mean()
+            opt.zero_grad(); loss.backward(); opt.step(); run.log(loss=loss)
+            if step == 57:
+                os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert result.returncode == -signal.SIGKILL
+    view = load_run(log)
+    assert view.truncated
+    assert 40 <= view.num_steps <= 58  # everything up to the last flush survives
+    assert view.loss.notna().all()
+
+
+def test_memory_stays_flat_and_no_activation_is_kept(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    x, y = torch.randn(64, 32), torch.randint(0, 4, (64,))
+
+    def live_tensors():
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+    counts = []
+    with doctor.watch(model, optimizer, log=tmp_path / "m.log", flush_every=50, activation_every=1) as run:
+        for step in range(1000):
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            run.log(loss=loss)
+            if step in (199, 999):
+                counts.append(live_tensors())
+    assert counts[1] - counts[0] < 50  # bounded buffers, not one tensor per step
+
+
+def test_schedule_keeps_a_100k_step_log_bounded():
+    grads = Schedule(1, 2048)
+    due = sum(grads.due(s) for s in range(100_000))
+    assert 2048 <= due <= 2048 + 7 * 1024  # dense start, then ~rows/2 per doubling
+    assert Schedule(25, 256).due(0) and not Schedule(0).due(0)
+
+
+def test_unknown_watch_option_is_a_clear_error(tmp_path, tiny_mlp):
+    with pytest.raises(UsageError, match="unknown doctor.watch option"):
+        doctor.watch(tiny_mlp, torch.optim.SGD(tiny_mlp.parameters(), 0.1), log=tmp_path / "x.log", flush_evry=3)
+
+
+def test_header_describes_model_optimizer_and_weight_decay(tmp_path):
+    model = SequenceClassifier("lstm", hidden=8)
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if "weight_hh" not in n], "weight_decay": 1e-4},
+        {"params": [p for n, p in model.named_parameters() if "weight_hh" in n], "weight_decay": 0.0},
+    ]
+    run = doctor.watch(model, torch.optim.AdamW(groups, lr=1e-3), log=tmp_path / "h.log")
+    run.close()
+    header = json.loads((tmp_path / "h.log").read_text().splitlines()[0])
+    params = {p["name"]: p for p in header["model"]["params"]}
+    assert params["rnn.weight_hh_l0"]["recurrent"] and params["rnn.weight_hh_l0"]["weight_decay"] == 0.0
+    assert params["rnn.weight_ih_l0"]["weight_decay"] == 1e-4 and params["rnn.weight_ih_l0"]["group"] == 0
+    assert header["optimizer"]["class"] == "AdamW" and header["schema"] == 1
+    assert header["env"]["torch"] == torch.__version__
+
+
+def test_importing_doctor_is_cheap():
+    code = "import sys, doctor; print('torch' in sys.modules, 'pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_no_sync_on_cuda(tmp_path):  # pragma: no cover - runs on the GPU machine
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)).cuda()
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    x, y = torch.randn(64, 64, device="cuda"), torch.randint(0, 4, (64,), device="cuda")
+    run = doctor.watch(model, optimizer, log=tmp_path / "cuda.log", flush_every=10_000, flush_seconds=1e9)
+    for step in range(30):
+        if step == 2:
+            torch.cuda.set_sync_debug_mode("error")
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        run.log(loss=loss)
+    torch.cuda.set_sync_debug_mode(0)
+    run.close()
+    assert not load_run(tmp_path / "cuda.log").events_of("recorder_error")
+
+
+
