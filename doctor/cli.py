@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import re
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -34,7 +34,7 @@ EXIT_FAIL_ON = 1
 _SEVERITY_STYLE = {"error": "bold red", "warning": "bold yellow", "info": "cyan"}
 
 
-class FailOn(str, Enum):
+class FailOn(StrEnum):
     error = "error"
     warning = "warning"
     info = "info"
@@ -75,17 +75,15 @@ def analyze(
     logs: Annotated[list[Path], typer.Argument(help="Run log(s) written by doctor.watch(...).", show_default=False)],
     json_out: Annotated[bool, typer.Option("--json", help="Print findings as JSON on stdout.")] = False,
     output: Annotated[
-        Optional[Path], typer.Option("-o", "--output", help="HTML report path (one log) or folder (several logs).")
+        Path | None, typer.Option("-o", "--output", help="HTML report path (one log) or folder (several logs).")
     ] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Do not write the HTML report.")] = False,
     fail_on: Annotated[
-        Optional[FailOn], typer.Option("--fail-on", help="Exit with status 1 if a finding this severe exists.")
+        FailOn | None, typer.Option("--fail-on", help="Exit with status 1 if a finding this severe exists.")
     ] = None,
     rules_dirs: Annotated[list[Path], typer.Option("--rules", help="A folder of extra rule files.")] = [],  # noqa: B006
-    settings: Annotated[
-        list[str], typer.Option("--set", help="Override a threshold: rule.field=value (repeatable).")
-    ] = [],  # noqa: B006
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file of [rule] threshold = value.")] = None,
+    settings: Annotated[list[str], typer.Option("--set", help="Override a threshold: rule.field=value (repeatable).")] = [],  # noqa: B006
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file of [rule] threshold = value.")] = None,
 ) -> None:
     """Diagnose run logs: print findings, write an HTML report per run."""
     from doctor.engine import analyze as run_rules

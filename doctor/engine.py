@@ -34,7 +34,10 @@ def builtin_rules_dir() -> Path:
 def load_rules(extra_dirs: list[Path] | tuple[Path, ...] = ()) -> list[type[Rule]]:
     """Every rule class, built-in first; a user rule with a built-in's id replaces it."""
     found: dict[str, type[Rule]] = {}
-    for directory, namespace in [(builtin_rules_dir(), "doctor_builtin_rules"), *((Path(d), "doctor_user_rules") for d in extra_dirs)]:
+    for directory, namespace in [
+        (builtin_rules_dir(), "doctor_builtin_rules"),
+        *((Path(d), "doctor_user_rules") for d in extra_dirs),
+    ]:
         if not directory.is_dir():
             raise UsageError(f"rules directory '{directory}' does not exist; pass a folder of rule files to --rules")
         for path in sorted(directory.glob("*.py")):
@@ -97,9 +100,7 @@ def _coerce(rule_id: str, name: str, kind: Any, value: Any) -> Any:
     raise ThresholdError(f"threshold {where} expects {type_name}, got {value!r}")
 
 
-def resolve_thresholds(
-    rules: list[type[Rule]], settings: list[str] = (), config: Path | None = None
-) -> dict[str, Any]:
+def resolve_thresholds(rules: list[type[Rule]], settings: list[str] = (), config: Path | None = None) -> dict[str, Any]:
     """Thresholds per rule id: defaults, then the TOML config file, then ``--set rule.field=value``."""
     overrides: dict[str, dict[str, Any]] = {}
     if config is not None:
@@ -156,10 +157,7 @@ class Analysis:
         parts = [f"{counts[s]} {s}{'s' if counts[s] != 1 else ''}" for s in SEVERITIES if counts[s]]
         top = [f for f in self.findings if f.severity in ("error", "warning")][:3]
         details = "; ".join(
-            f.title
-            + (f" from step {f.steps[0]:,}" if f.steps else "")
-            + (f" in {f.layers[0]}" if f.layers else "")
-            for f in top
+            f.title + (f" from step {f.steps[0]:,}" if f.steps else "") + (f" in {f.layers[0]}" if f.layers else "") for f in top
         )
         return f"{', '.join(parts)}: {details}"
 

@@ -13,7 +13,11 @@ from doctor.rule import DOC_HEADINGS, Rule
 def explain_rule(rule: type[Rule], markdown: bool = False) -> str:
     sections = rule.doc_sections()
     head = f"## `{rule.id}`: {rule.title}" if markdown else f"{rule.id}: {rule.title}"
-    out = [head, "", f"Severity: {rule.severity}. Needs: {', '.join(rule.requires) or 'nothing beyond the log header'}."]
+    out = [
+        head,
+        "",
+        f"Severity: {rule.severity}. Needs: {', '.join(rule.requires) or 'nothing beyond the log header'}.",
+    ]
     if sections.get("summary"):
         out += ["", sections["summary"]]
     for heading in DOC_HEADINGS:

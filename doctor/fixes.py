@@ -89,8 +89,7 @@ EARLY_STOP = Fix(
     s.REG_EARLY_STOP,
 )
 EARLY_STOP_PATIENCE = Fix(
-    "Judge early stopping on a smoothed validation curve (a patience of several evaluations): the curve "
-    "oscillates locally.",
+    "Judge early stopping on a smoothed validation curve (a patience of several evaluations): the curve oscillates locally.",
     s.THEORY_EARLY_STOP,
 )
 DROPOUT = Fix(
@@ -120,8 +119,7 @@ ADAM_NO_DECAY = Fix(
     s.PRACTICE_GENERAL,
 )
 COSINE_OVER_RUN = Fix(
-    "Use a schedule that spans the whole run, such as cosine decay over the total number of steps "
-    "(optionally after a warm-up).",
+    "Use a schedule that spans the whole run, such as cosine decay over the total number of steps (optionally after a warm-up).",
     s.THEORY_LR_DECAY,
     "scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)",
 )

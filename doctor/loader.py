@@ -157,8 +157,7 @@ def parse_run(raw: bytes, path: str = "<memory>") -> RunView:
         except (ValueError, UnicodeDecodeError, RecursionError):
             if i == 0:
                 raise LogFormatError(
-                    f"'{path}' is not a doctor run log (its first line is not JSON); "
-                    "expected a file written by doctor.watch(...)"
+                    f"'{path}' is not a doctor run log (its first line is not JSON); expected a file written by doctor.watch(...)"
                 ) from None
             if i == len(lines) - 1:
                 partial_tail = True
@@ -172,8 +171,7 @@ def parse_run(raw: bytes, path: str = "<memory>") -> RunView:
     header = records[0] if records else {}
     if header.get("kind") != schema.HEADER or header.get("format") != schema.FORMAT_NAME:
         raise LogFormatError(
-            f"'{path}' is not a doctor run log (no doctor header on its first line); "
-            "expected a file written by doctor.watch(...)"
+            f"'{path}' is not a doctor run log (no doctor header on its first line); expected a file written by doctor.watch(...)"
         )
     version = header.get("schema")
     if not isinstance(version, int) or isinstance(version, bool):
@@ -203,7 +201,9 @@ def _build_view(path: str, header: dict[str, Any], records: list[dict[str, Any]]
     if not closed:
         notes.append("the log has no close event: the run was killed or is still running; analyzed up to its last record")
     trace = by_kind.get(schema.TRACE, [])
-    call_order = [str(n) for n in trace[0].get("call_order", [])] if trace and isinstance(trace[0].get("call_order"), list) else []
+    call_order = (
+        [str(n) for n in trace[0].get("call_order", [])] if trace and isinstance(trace[0].get("call_order"), list) else []
+    )
     steps, nonfinite = _steps_frame(by_kind.get(schema.STEPS, []))
     bad_inputs: list[int] = []
     inputs = _tables(by_kind.get(schema.INPUTS, []), "names", schema.INPUT_STATS, bad_inputs)
@@ -255,6 +255,18 @@ def _nonfinite_steps(steps: list[int], column: list[Any]) -> list[int]:
     return [s for s, v in zip(steps, column) if isinstance(v, float) and not math.isfinite(v)]
 
 
+def _group_columns(table: Any, n: int, prefix: str) -> dict[str, np.ndarray]:
+    """Per-param-group lists (lr, weight decay) as one column per group: ``lr_g0``, ``lr_g1`` ..."""
+    if not isinstance(table, list) or len(table) != n:
+        return {}
+    width = max((len(r) for r in table if isinstance(r, list)), default=0)
+    padded = [r + [None] * (width - len(r)) if isinstance(r, list) else [None] * width for r in table]
+    values = _as_float_array(padded)
+    if values is None or values.ndim != 2:
+        return {}
+    return {f"{prefix}{g}": values[:, g] for g in range(values.shape[1])}
+
+
 def _steps_frame(records: Iterable[dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, list[int]]]:
     frames = []
     nonfinite: dict[str, list[int]] = {}
@@ -271,14 +283,7 @@ def _steps_frame(records: Iterable[dict[str, Any]]) -> tuple[pd.DataFrame, dict[
                 if key == "grad_norm":
                     nonfinite.setdefault(key, []).extend(_nonfinite_steps(steps, record[key]))
         for key, prefix in (("lr", "lr_g"), ("weight_decay", "wd_g")):
-            table = record.get(key)
-            if isinstance(table, list) and len(table) == n:
-                width = max((len(r) for r in table if isinstance(r, list)), default=0)
-                padded = [r + [None] * (width - len(r)) if isinstance(r, list) else [None] * width for r in table]
-                values = _as_float_array(padded)
-                if values is not None and values.ndim == 2:
-                    for g in range(values.shape[1]):
-                        columns[f"{prefix}{g}"] = values[:, g]
+            columns |= _group_columns(record.get(key), n, prefix)
         scalars = record.get("scalars")
         if isinstance(scalars, dict):
             for key, column in scalars.items():
@@ -299,9 +304,7 @@ def _steps_frame(records: Iterable[dict[str, Any]]) -> tuple[pd.DataFrame, dict[
     return steps, nonfinite
 
 
-def _wide(
-    records: list[dict[str, Any]], key: str, columns: list[str] | None, columns_key: str | None = None
-) -> pd.DataFrame:
+def _wide(records: list[dict[str, Any]], key: str, columns: list[str] | None, columns_key: str | None = None) -> pd.DataFrame:
     frames = []
     for record in records:
         steps = _step_index(record)
@@ -357,7 +360,17 @@ def _tables(
     return out
 
 
-_PARAM_COLUMNS = ("module", "module_type", "numel", "group", "weight_decay", "recurrent", "requires_grad", "gates", "shape")
+_PARAM_COLUMNS = (
+    "module",
+    "module_type",
+    "numel",
+    "group",
+    "weight_decay",
+    "recurrent",
+    "requires_grad",
+    "gates",
+    "shape",
+)
 
 
 def _params_frame(params: Any) -> pd.DataFrame:

@@ -122,8 +122,15 @@ def downsample(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tu
 
 def _line(x: Any, y: Any, name: str, **extra: Any) -> dict[str, Any]:
     xs, ys = downsample(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
-    return {"type": "scattergl" if len(xs) > 5000 else "scatter", "mode": "lines", "x": _clean(xs), "y": _clean(ys),
-            "name": _label(name), "hovertemplate": "step %{x}<br>%{y:.4g}<extra>" + _label(name) + "</extra>", **extra}
+    return {
+        "type": "scattergl" if len(xs) > 5000 else "scatter",
+        "mode": "lines",
+        "x": _clean(xs),
+        "y": _clean(ys),
+        "name": _label(name),
+        "hovertemplate": "step %{x}<br>%{y:.4g}<extra>" + _label(name) + "</extra>",
+        **extra,
+    }
 
 
 def _pick_columns(frame: pd.DataFrame, wanted: tuple[str, ...] | list[str]) -> list[str]:
@@ -176,8 +183,15 @@ def chart_figure(run: RunView, chart: Chart) -> dict[str, Any] | None:
             return None
         row = frame.iloc[0]
         columns = [c for c in (chart.columns or tuple(frame.columns)) if c in row.index]
-        data.append({"type": "bar", "x": [_label(c) for c in columns], "y": _clean(row[columns].to_numpy()),
-                     "marker": {"color": "#1f77b4"}, "hovertemplate": "%{x}<br>%{y:.4g}<extra></extra>"})
+        data.append(
+            {
+                "type": "bar",
+                "x": [_label(c) for c in columns],
+                "y": _clean(row[columns].to_numpy()),
+                "marker": {"color": "#1f77b4"},
+                "hovertemplate": "%{x}<br>%{y:.4g}<extra></extra>",
+            }
+        )
         layout["xaxis"] = {"title": {"text": "layer (forward order)"}, "type": "category"}
     else:
         frame = _frame_for(run, chart.series)
@@ -188,13 +202,37 @@ def chart_figure(run: RunView, chart: Chart) -> dict[str, Any] | None:
             data.append(_line(s.index, s.to_numpy(), column))
     if not data:
         return None
+    if chart.series.endswith("_frac"):
+        layout["yaxis"]["range"] = [-0.02, 1.02]
     if chart.highlight:
         a, b = chart.highlight
-        layout["shapes"].append({"type": "rect", "xref": "x", "yref": "paper", "x0": a - 0.5, "x1": b + 0.5, "y0": 0,
-                                 "y1": 1, "fillcolor": "rgba(214,39,40,0.15)", "line": {"width": 0}, "layer": "below"})
+        layout["shapes"].append(
+            {
+                "type": "rect",
+                "xref": "x",
+                "yref": "paper",
+                "x0": a - 0.5,
+                "x1": b + 0.5,
+                "y0": 0,
+                "y1": 1,
+                "fillcolor": "rgba(214,39,40,0.15)",
+                "line": {"width": 0},
+                "layer": "below",
+            }
+        )
     if chart.threshold is not None:
-        layout["shapes"].append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": chart.threshold,
-                                 "y1": chart.threshold, "line": {"color": "#d62728", "dash": "dash", "width": 1.5}})
+        layout["shapes"].append(
+            {
+                "type": "line",
+                "xref": "paper",
+                "x0": 0,
+                "x1": 1,
+                "yref": "y",
+                "y0": chart.threshold,
+                "y1": chart.threshold,
+                "line": {"color": "#d62728", "dash": "dash", "width": 1.5},
+            }
+        )
     return {"data": data, "layout": layout}
 
 
@@ -207,18 +245,33 @@ def _heatmap(run: RunView) -> dict[str, Any] | None:
     if len(steps) > MAX_HEATMAP_COLUMNS:  # bucket along steps, keeping each bucket's max
         edges = np.linspace(0, len(steps), MAX_HEATMAP_COLUMNS + 1).astype(int)
         with np.errstate(all="ignore"):
-            values = np.stack([np.nanmax(np.where(np.isfinite(values[a:b]), values[a:b], np.nan), axis=0)
-                               for a, b in zip(edges[:-1], edges[1:])])
+            values = np.stack(
+                [
+                    np.nanmax(np.where(np.isfinite(values[a:b]), values[a:b], np.nan), axis=0)
+                    for a, b in zip(edges[:-1], edges[1:])
+                ]
+            )
         steps = steps[edges[1:] - 1]
     with np.errstate(divide="ignore", invalid="ignore"):
         logged = np.log10(np.where(values > 0, values, np.nan))
     z = [_clean(column) for column in logged.T]
     return {
-        "data": [{"type": "heatmap", "x": _clean(steps), "y": [_label(c) for c in grads.columns], "z": z,
-                  "colorscale": "Viridis", "colorbar": {"title": {"text": "log10 |g|"}},
-                  "hovertemplate": "step %{x}<br>%{y}<br>log10 norm %{z:.2f}<extra></extra>"}],
-        "layout": {**_layout("Gradient norm per parameter (log colour)"), "height": max(320, 18 * len(grads.columns) + 120),
-                   "yaxis": {"autorange": "reversed", "automargin": True, "type": "category"}},
+        "data": [
+            {
+                "type": "heatmap",
+                "x": _clean(steps),
+                "y": [_label(c) for c in grads.columns],
+                "z": z,
+                "colorscale": "Viridis",
+                "colorbar": {"title": {"text": "log10 |g|"}},
+                "hovertemplate": "step %{x}<br>%{y}<br>log10 norm %{z:.2f}<extra></extra>",
+            }
+        ],
+        "layout": {
+            **_layout("Gradient norm per parameter (log colour)"),
+            "height": max(320, 18 * len(grads.columns) + 120),
+            "yaxis": {"autorange": "reversed", "automargin": True, "type": "category"},
+        },
     }
 
 
@@ -238,8 +291,14 @@ def _loss_figure(run: RunView) -> dict[str, Any] | None:
         s = steps[column].dropna()
         if len(s) and (s > 0).any():
             data.append(_line(s.index, s.to_numpy(), f"lr group {column[4:]}", yaxis="y2", line={"dash": "dot"}))
-    layout["yaxis2"] = {"type": "log", "overlaying": "y", "side": "right", "title": {"text": "learning rate"},
-                        "showgrid": False, "exponentformat": "e"}
+    layout["yaxis2"] = {
+        "type": "log",
+        "overlaying": "y",
+        "side": "right",
+        "title": {"text": "learning rate"},
+        "showgrid": False,
+        "exponentformat": "e",
+    }
     layout["margin"]["r"] = 60
     return {"data": data, "layout": layout} if data else None
 
@@ -253,9 +312,18 @@ def dashboards(run: RunView) -> list[dict[str, Any]]:
         ("Activation std", chart_figure(run, Chart("activations:std", "Activation std per layer", log_y=True))),
         ("Activation mean", chart_figure(run, Chart("activations:mean", "Activation mean per layer"))),
         ("Dead units", chart_figure(run, Chart("activations:dead_frac", "Fraction of dead ReLU units per layer"))),
-        ("Saturated units", chart_figure(run, Chart("activations:saturated_frac", "Fraction of saturated units per layer"))),
-        ("Recurrent spectra", chart_figure(run, Chart("spectra", "Largest singular value of recurrent weights", threshold=1.0))),
-        ("Update ratio", chart_figure(run, Chart("update_ratios", "Update / weight ratio per parameter", threshold=1e-3, log_y=True))),
+        (
+            "Saturated units",
+            chart_figure(run, Chart("activations:saturated_frac", "Fraction of saturated units per layer")),
+        ),
+        (
+            "Recurrent spectra",
+            chart_figure(run, Chart("spectra", "Largest singular value of recurrent weights", threshold=1.0)),
+        ),
+        (
+            "Update ratio",
+            chart_figure(run, Chart("update_ratios", "Update / weight ratio per parameter", threshold=1e-3, log_y=True)),
+        ),
         ("Weight norms", chart_figure(run, Chart("weight_norms", "Weight norm per parameter", log_y=True))),
         ("Input mean", chart_figure(run, Chart("inputs:mean", "Input mean"))),
         ("Input std", chart_figure(run, Chart("inputs:std", "Input std", log_y=True))),
@@ -350,8 +418,13 @@ def write_index(analyses: list[Analysis], reports: list[Path], path: Path) -> Pa
             href = os.path.relpath(report, path.parent)
         except ValueError:
             href = str(report.resolve())
-        rows.append({"identity": analysis.run.identity(), "verdict": analysis.verdict(), "counts": analysis.counts(),
-                     "href": Path(href).as_posix()})
-    text = _environment().get_template("index.html.j2").render(rows=rows, version=__version__,
-                                                                severity_colors=SEVERITY_COLORS)
+        rows.append(
+            {
+                "identity": analysis.run.identity(),
+                "verdict": analysis.verdict(),
+                "counts": analysis.counts(),
+                "href": Path(href).as_posix(),
+            }
+        )
+    text = _environment().get_template("index.html.j2").render(rows=rows, version=__version__, severity_colors=SEVERITY_COLORS)
     return _atomic_write(path, text)

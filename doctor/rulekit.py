@@ -131,8 +131,10 @@ def trained_weights(run: RunView) -> list[str]:
     """Weight matrices the optimizer actually trains (in an optimizer group, requiring grad)."""
     params = run.params
     return [
-        p for p in weight_params(run)
-        if bool(params["requires_grad"].get(p, True)) and params["group"].get(p) is not None
+        p
+        for p in weight_params(run)
+        if bool(params["requires_grad"].get(p, True))
+        and params["group"].get(p) is not None
         and params["group"].get(p) == params["group"].get(p)  # NaN-safe "not missing"
     ]
 

@@ -71,7 +71,11 @@ class BadInit(Rule):
             return []
         std0 = std0.iloc[0]
         order = [m for m in module_order(run) if m in std0.index]
-        input_std = float(run.inputs["std"].iloc[0].dropna().iloc[0]) if run.has("inputs") and len(run.inputs["std"].iloc[0].dropna()) else math.nan
+        input_std = (
+            float(run.inputs["std"].iloc[0].dropna().iloc[0])
+            if run.has("inputs") and len(run.inputs["std"].iloc[0].dropna())
+            else math.nan
+        )
         flagged = []
         for i, module in enumerate(order):
             if module_type(run, module) not in WEIGHT_MODULE_TYPES:

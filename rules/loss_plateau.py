@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from doctor import fixes
 from doctor.findings import Chart
 from doctor.rule import Rule
@@ -68,14 +67,15 @@ class LossPlateau(Rule):
             return []  # the rate collapsed: lr_decay_too_fast's case
         update = median_update_ratio(run)
         evidence = {"loss_start": start, "loss_end": end, "relative_change": change}
-        summary = f"The loss moved {fmt(100 * change)}% over {len(loss):,} steps ({fmt(start)} -> {fmt(end)}) with healthy gradients"
+        summary = (
+            f"The loss moved {fmt(100 * change)}% over {len(loss):,} steps ({fmt(start)} -> {fmt(end)}) with healthy gradients"
+        )
         ranked = list(self.fixes)
         if update is not None:
             evidence["median_update_ratio"] = update
             if update < t.tiny_update:
                 summary += (
-                    f"; updates change the weights by only {fmt(100 * update)}% of their norm: "
-                    "the learning rate is far too low"
+                    f"; updates change the weights by only {fmt(100 * update)}% of their norm: the learning rate is far too low"
                 )
                 ranked = [fixes.RAISE_LR, fixes.OVERFIT_TINY_BATCH]
             else:
@@ -86,8 +86,13 @@ class LossPlateau(Rule):
         if update is not None:
             charts.append(Chart("update_ratios", "Update / weight ratio", threshold=1e-3, log_y=True))
         return [
-            self.finding(summary + ".", steps=(int(loss.index[0]), int(loss.index[-1])), evidence=evidence,
-                         charts=charts, fixes=ranked)
+            self.finding(
+                summary + ".",
+                steps=(int(loss.index[0]), int(loss.index[-1])),
+                evidence=evidence,
+                charts=charts,
+                fixes=ranked,
+            )
         ]
 
     @staticmethod

@@ -76,7 +76,9 @@ class LrDecayTooFast(Rule):
         curve = smooth(loss, max(5, len(loss) // 20))
         window = max(5, min(collapse - peak_step, total // 5))
         at = float(curve.loc[:collapse].iloc[-1])
-        before = float(curve.loc[: collapse - window].iloc[-1]) if (curve.index <= collapse - window).any() else float(curve.iloc[0])
+        before = (
+            float(curve.loc[: collapse - window].iloc[-1]) if (curve.index <= collapse - window).any() else float(curve.iloc[0])
+        )
         final = float(curve.iloc[-1])
         rate_before = (before - at) / window
         rate_after = (at - final) / max(end - collapse, 1)

@@ -87,6 +87,4 @@ class LrTooHigh(Rule):
         lr = run.steps["lr"].dropna() if "lr" in run.steps else None
         if lr is not None and len(lr):
             evidence["lr"] = float(lr.median())
-        return [
-            self.finding(summary + ".", steps=(int(loss.index[0]), int(loss.index[-1])), evidence=evidence, charts=charts)
-        ]
+        return [self.finding(summary + ".", steps=(int(loss.index[0]), int(loss.index[-1])), evidence=evidence, charts=charts)]

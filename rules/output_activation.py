@@ -65,7 +65,11 @@ class OutputActivation(Rule):
             if info
             else "; the loss cannot use negative or large logits."
         )
-        charts = [Chart("activations:zero_frac", "Fraction of zero outputs", columns=(last,))] if "output_zero_fraction" in evidence else []
+        charts = (
+            [Chart("activations:zero_frac", "Fraction of zero outputs", columns=(last,))]
+            if "output_zero_fraction" in evidence
+            else []
+        )
         return [
             self.finding(
                 summary,

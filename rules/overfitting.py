@@ -86,6 +86,13 @@ class Overfitting(Rule):
                     "train_loss_at_best": at_best,
                     "final_train_loss": train_end,
                 },
-                charts=[Chart("steps:val_loss", "Validation vs training loss", columns=("loss", "val_loss"), highlight=(best_step, end))],
+                charts=[
+                    Chart(
+                        "steps:val_loss",
+                        "Validation vs training loss",
+                        columns=("loss", "val_loss"),
+                        highlight=(best_step, end),
+                    )
+                ],
             )
         ]

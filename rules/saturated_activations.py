@@ -69,7 +69,17 @@ class SaturatedActivations(Rule):
                 + ".",
                 steps=span(sat.index),
                 layers=layers,
-                evidence={"median_saturated_frac": median, "last_saturated_frac": {m: float(sat[m].iloc[-1]) for m in layers}},
-                charts=[Chart("activations:saturated_frac", "Fraction of saturated units", columns=tuple(layers), threshold=t.saturated_frac)],
+                evidence={
+                    "median_saturated_frac": median,
+                    "last_saturated_frac": {m: float(sat[m].iloc[-1]) for m in layers},
+                },
+                charts=[
+                    Chart(
+                        "activations:saturated_frac",
+                        "Fraction of saturated units",
+                        columns=tuple(layers),
+                        threshold=t.saturated_frac,
+                    )
+                ],
             )
         ]

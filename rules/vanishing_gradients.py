@@ -68,7 +68,8 @@ class VanishingGradients(Rule):
 
     def _layer_gap(self, run, t):
         trainable = [
-            p for p in weight_params(run)
+            p
+            for p in weight_params(run)
             if bool(run.params["requires_grad"].get(p, True)) and p in run.grad_norms and not self._decayed(run, p, t)
         ]
         if len(trainable) < 3:
@@ -98,7 +99,14 @@ class VanishingGradients(Rule):
                 "ratio": ratio,
                 "median_rms_grad_by_layer": {k: float(v) for k, v in grads.items()},
             },
-            charts=[Chart("grad_norms", "Gradient norm per parameter", columns=tuple([weakest, *below[:2], strongest]), log_y=True)],
+            charts=[
+                Chart(
+                    "grad_norms",
+                    "Gradient norm per parameter",
+                    columns=tuple([weakest, *below[:2], strongest]),
+                    log_y=True,
+                )
+            ],
         )
 
     def _collapse(self, run, t):
@@ -139,6 +147,3 @@ class VanishingGradients(Rule):
             return False
         order = [m for m in module_order(run) if activation_kind(run, m) == "relu" and m in dead]
         return any(float(dead[m].median()) >= t.dead_limit for m in order)
-
-
-

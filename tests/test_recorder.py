@@ -84,9 +84,15 @@ def test_update_ratio_and_weight_norm_match_the_weights(tmp_path, tiny_mlp):
 @pytest.mark.parametrize(
     "make, data",
     [
-        (lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)), lambda: (torch.randn(32, 6), torch.randint(0, 3, (32,)))),
+        (
+            lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)),
+            lambda: (torch.randn(32, 6), torch.randint(0, 3, (32,))),
+        ),
         (SmallCNN, lambda: image_data(32, 0)),
-        (lambda: SequenceClassifier("lstm", hidden=8, layers=2, bidirectional=True), lambda: memory_data(32, 0, length=6)),
+        (
+            lambda: SequenceClassifier("lstm", hidden=8, layers=2, bidirectional=True),
+            lambda: memory_data(32, 0, length=6),
+        ),
         (lambda: SequenceClassifier("gru", hidden=8), lambda: memory_data(32, 0, length=6)),
         (lambda: TinyTransformer(16), lambda: memory_data(32, 0, length=6)),
     ],
@@ -98,6 +104,7 @@ def test_step_zero_activation_statistics_exist_and_are_right(tmp_path, make, dat
     x, y = data()
     first_module = next(m for m in model.modules() if not list(m.children()) or isinstance(m, nn.RNNBase))
     captured = {}
+
     def capture(module, args, out):
         captured.setdefault("y", (out[0] if isinstance(out, tuple) else out).detach().clone())
 
@@ -339,6 +346,3 @@ def test_no_sync_on_cuda(tmp_path):  # pragma: no cover - runs on the GPU machin
     torch.cuda.set_sync_debug_mode(0)
     run.close()
     assert not load_run(tmp_path / "cuda.log").events_of("recorder_error")
-
-
-

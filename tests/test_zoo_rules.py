@@ -44,16 +44,21 @@ def test_over_regularized_rnn_reports_shrunk_spectrum_and_memory_horizon(zoo_ana
 
 
 def test_recurrent_decay_without_damage_is_only_an_info_note(tmp_path, rules):
+    import torch
+
     from doctor.engine import analyze
     from doctor.loader import load_run
     from tests.zoo import SequenceClassifier, memory_data, train_classifier
 
-    import torch
-
     torch.manual_seed(0)
     model = SequenceClassifier("gru")
-    train_classifier(tmp_path / "gru.log", model, torch.optim.Adam(model.parameters(), 1e-2, weight_decay=1e-6),
-                     memory_data(1024, 1, length=10), 60)
+    train_classifier(
+        tmp_path / "gru.log",
+        model,
+        torch.optim.Adam(model.parameters(), 1e-2, weight_decay=1e-6),
+        memory_data(1024, 1, length=10),
+        60,
+    )
     findings = analyze(load_run(tmp_path / "gru.log"), rules).findings
     notes = [f for f in findings if f.rule == "over_regularized_rnn"]
     assert [f.severity for f in notes] == ["info"]

@@ -154,8 +154,12 @@ class SmallCNN(nn.Module):
     def __init__(self, init_std: float | None = None):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
             nn.AdaptiveAvgPool2d(2),
         )
         self.head = nn.Linear(64, CLASSES)
@@ -185,8 +189,7 @@ def healthy_mlp(log: Path) -> None:
     """A 3-layer ReLU MLP with Adam at 1e-3 on teacher data, validation logged: learns well."""
     torch.manual_seed(0)
     model = mlp([FEATURES, 64, 64, CLASSES])
-    train_classifier(log, model, torch.optim.Adam(model.parameters(), 1e-3), teacher_data(4096, 1), 400,
-                     val=teacher_data(512, 2))
+    train_classifier(log, model, torch.optim.Adam(model.parameters(), 1e-3), teacher_data(4096, 1), 400, val=teacher_data(512, 2))
 
 
 @scenario()
@@ -202,8 +205,15 @@ def healthy_lstm(log: Path) -> None:
     """An LSTM on a 30-step memory task with Adam and no weight decay: learns it."""
     torch.manual_seed(0)
     model = SequenceClassifier("lstm")
-    train_classifier(log, model, torch.optim.Adam(model.parameters(), 1e-2), memory_data(2048, 1), 400,
-                     val=memory_data(256, 2), val_every=25)
+    train_classifier(
+        log,
+        model,
+        torch.optim.Adam(model.parameters(), 1e-2),
+        memory_data(2048, 1),
+        400,
+        val=memory_data(256, 2),
+        val_every=25,
+    )
 
 
 @scenario()
@@ -222,8 +232,14 @@ def healthy_rnn_clipped(log: Path) -> None:
     with torch.no_grad():
         nn.init.orthogonal_(model.rnn.weight_hh_l0)
         model.rnn.weight_hh_l0.mul_(1.2)
-    train_classifier(log, model, torch.optim.SGD(model.parameters(), 0.05, momentum=0.9),
-                     memory_data(2048, 1, length=50), 250, clip=1.0)
+    train_classifier(
+        log,
+        model,
+        torch.optim.SGD(model.parameters(), 0.05, momentum=0.9),
+        memory_data(2048, 1, length=50),
+        250,
+        clip=1.0,
+    )
 
 
 @scenario()
@@ -243,8 +259,13 @@ def healthy_frozen_backbone(log: Path) -> None:
     model = mlp([FEATURES, 64, 64, CLASSES])
     for p in model[0].parameters():
         p.requires_grad_(False)
-    train_classifier(log, model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-3),
-                     teacher_data(4096, 1), 300)
+    train_classifier(
+        log,
+        model,
+        torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-3),
+        teacher_data(4096, 1),
+        300,
+    )
 
 
 # ----------------------------------------------------------------------------- faults
@@ -256,8 +277,7 @@ def exploding_rnn(log: Path) -> None:
     with torch.no_grad():
         nn.init.orthogonal_(model.rnn.weight_hh_l0)
         model.rnn.weight_hh_l0.mul_(1.2)
-    train_classifier(log, model, torch.optim.SGD(model.parameters(), 0.05, momentum=0.9),
-                     memory_data(2048, 1, length=50), 250)
+    train_classifier(log, model, torch.optim.SGD(model.parameters(), 0.05, momentum=0.9), memory_data(2048, 1, length=50), 250)
 
 
 @scenario("vanishing_gradients", "deep_sigmoid")
@@ -273,8 +293,7 @@ def nan_in_data(log: Path) -> None:
     """A healthy MLP fed one corrupt (NaN) sample at step 150: every weight turns NaN."""
     torch.manual_seed(0)
     model = mlp([FEATURES, 64, 64, CLASSES])
-    train_classifier(log, model, torch.optim.Adam(model.parameters(), 1e-3), teacher_data(4096, 1), 250,
-                     poison_step=150)
+    train_classifier(log, model, torch.optim.Adam(model.parameters(), 1e-3), teacher_data(4096, 1), 250, poison_step=150)
 
 
 @scenario("over_regularized_rnn")
@@ -282,8 +301,15 @@ def rnn_l2(log: Path) -> None:
     """Document 000: the healthy LSTM with L2 (Adam weight_decay) on every weight, recurrent ones too."""
     torch.manual_seed(0)
     model = SequenceClassifier("lstm")
-    train_classifier(log, model, torch.optim.Adam(model.parameters(), 1e-2, weight_decay=1e-3), memory_data(2048, 1),
-                     400, val=memory_data(256, 2), val_every=25)
+    train_classifier(
+        log,
+        model,
+        torch.optim.Adam(model.parameters(), 1e-2, weight_decay=1e-3),
+        memory_data(2048, 1),
+        400,
+        val=memory_data(256, 2),
+        val_every=25,
+    )
 
 
 @scenario("bad_init")
@@ -321,8 +347,7 @@ def relu_offset_inputs(log: Path) -> None:
     """A ReLU MLP fed inputs with offset 500 and scale 50 (raw sensor counts): half its units die."""
     torch.manual_seed(0)
     model = mlp([FEATURES, 64, 64, CLASSES])
-    train_classifier(log, model, torch.optim.Adam(model.parameters(), 1e-3),
-                     teacher_data(4096, 1, scale=50.0, offset=500.0), 300)
+    train_classifier(log, model, torch.optim.Adam(model.parameters(), 1e-3), teacher_data(4096, 1, scale=50.0, offset=500.0), 300)
 
 
 @scenario("dead_relu")
@@ -342,8 +367,9 @@ def fast_exponential_decay(log: Path) -> None:
     torch.manual_seed(0)
     model = mlp([FEATURES, 64, 64, CLASSES])
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    train_classifier(log, model, opt, teacher_data(4096, 1), 400,
-                     scheduler=torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.98))
+    train_classifier(
+        log, model, opt, teacher_data(4096, 1), 400, scheduler=torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.98)
+    )
 
 
 @scenario("lr_too_high", "saturated_activations")
@@ -376,8 +402,16 @@ def memorizes_small_set(log: Path) -> None:
     """A wide MLP on 64 training samples, validation logged: validation loss turns up and keeps rising."""
     torch.manual_seed(0)
     model = mlp([FEATURES, 256, 256, CLASSES])
-    train_classifier(log, model, torch.optim.Adam(model.parameters(), 3e-3), teacher_data(64, 1), 400,
-                     batch=32, val=teacher_data(512, 2), val_every=10)
+    train_classifier(
+        log,
+        model,
+        torch.optim.Adam(model.parameters(), 3e-3),
+        teacher_data(64, 1),
+        400,
+        batch=32,
+        val=teacher_data(512, 2),
+        val_every=10,
+    )
 
 
 @scenario("output_activation")

@@ -22,9 +22,10 @@ import traceback
 import warnings
 import weakref
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -82,9 +83,7 @@ class Run:
         self._modules = recorded_modules(model)
         self._module_kinds = [activation_kind(m) for _, m in self._modules]
         model_summary, optimizer_summary = describe_model(model, optimizer)
-        self._recurrent = [
-            (i, info["gates"]) for i, info in enumerate(model_summary["params"]) if info["recurrent"]
-        ]
+        self._recurrent = [(i, info["gates"]) for i, info in enumerate(model_summary["params"]) if info["recurrent"]]
         self._spectral = statistics.SpectralNorms()
         self._spectra_names: list[str] = []
         for i, gates in self._recurrent:
@@ -352,9 +351,7 @@ class Run:
         after = [p.detach() for p in self._params]
         before = self._weights_before
         weight = torch.stack([n.to(self._device, torch.float32) for n in torch._foreach_norm(before)])
-        delta = torch.stack(
-            [n.to(self._device, torch.float32) for n in torch._foreach_norm(torch._foreach_sub(after, before))]
-        )
+        delta = torch.stack([n.to(self._device, torch.float32) for n in torch._foreach_norm(torch._foreach_sub(after, before))])
         ratio = delta / weight.clamp_min(1e-12)
         self._weight_rows.append((self.step, weight, ratio))
 
@@ -411,8 +408,8 @@ class Run:
             tensors["update_ratio"] = torch.stack([r for _, _, r in self._weight_rows])
             self._weight_rows.clear()
         if self._act_rows:
-            tensors["activations"], host["activation_steps"], host["activation_modules"], host["activation_present"] = self._stack_table(
-                self._act_rows, len(schema.ACTIVATION_STATS), key_name=lambda i: self._modules[i][0]
+            tensors["activations"], host["activation_steps"], host["activation_modules"], host["activation_present"] = (
+                self._stack_table(self._act_rows, len(schema.ACTIVATION_STATS), key_name=lambda i: self._modules[i][0])
             )
             self._act_rows.clear()
         if self._input_rows:
@@ -431,9 +428,7 @@ class Run:
         for _, entries in rows:
             keys += [k for k in entries if k not in keys]
         missing = torch.full((width,), float("nan"), device=self._device)
-        table = torch.stack(
-            [torch.stack([entries.get(k, missing).to(self._device) for k in keys]) for _, entries in rows]
-        )
+        table = torch.stack([torch.stack([entries.get(k, missing).to(self._device) for k in keys]) for _, entries in rows])
         present = [[k in entries for k in keys] for _, entries in rows]
         return table, [s for s, _ in rows], [key_name(k) for k in keys], present
 

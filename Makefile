@@ -1,0 +1,47 @@
+# Training Doctor: every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test eval bench lint docs browser clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Record document 000's failing RNN and its fixed twin, analyze both, write HTML reports.
+demo: $(STAMP)
+	$(PY) examples/rnn_l2_demo.py runs/demo
+	$(VENV)/bin/doctor analyze runs/demo/rnn-l2.log runs/demo/rnn-l2-exempt.log -o reports/demo
+	@echo "open reports/demo/index.html"
+
+## The test suite (the browser test needs Debian's chromium: make browser).
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## Per-rule precision and recall over the scenario zoo.
+eval: $(STAMP)
+	$(PY) -m tests.zoo
+
+## Recording overhead and analysis speed; figures go in BENCHMARKS.md.
+bench: $(STAMP)
+	$(PY) bench/overhead.py
+	$(PY) bench/analysis.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check doctor rules tests bench examples
+
+docs: $(STAMP)
+	$(PY) -m doctor.explain > docs/rules.md
+
+## Debian's chromium for the headless-browser report test (needs root).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+clean:
+	rm -rf $(VENV) runs reports/demo test-artifacts .pytest_cache
