@@ -65,7 +65,7 @@ def _hostile_log(path: Path) -> Path:
         getattr(model, HOSTILE).bias.fill_(-50.0)  # every unit dead: a finding that names the layer
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with doctor.watch(model, optimizer, log=path, name=HOSTILE) as run:
-        for _ in range(60):
+        for _ in range(120):
             loss = nn.functional.cross_entropy(model(torch.randn(16, 4)), torch.randint(0, 2, (16,)))
             optimizer.zero_grad()
             loss.backward()

@@ -69,7 +69,7 @@ def test_exploding_gradients_finds_the_early_spike_and_recurrent_jump(zoo_analys
     assert 5 <= f.evidence["peak_grad_step"] <= 15
     assert f.evidence["peak_grad_norm"] > 10 * f.evidence["grad_norm_at_start"]
     before, after, step = f.evidence["recurrent_sigma_max_jump"]["rnn.weight_hh_l0"]
-    assert before == pytest.approx(1.2, rel=0.02) and after > 5 and step == 25
+    assert before == pytest.approx(1.2, rel=0.02) and after > 5 and step == 50  # the first spectral sample after the blow-up
     assert f.layers == ["rnn.weight_hh_l0"]
 
 

@@ -25,16 +25,18 @@ class RecorderConfig:
     # Per-parameter gradient norm: one row per step for the first `grad_rows` steps, then
     # the window max at doubling intervals. The global norm is exact every step regardless.
     grad_rows: int = 2048
-    # Weight norms and update/weight ratios (needs a transient copy of the weights).
-    weight_every: int = 10
+    # Weight norms and update/weight ratios. Each sample copies the weights once (a full pass over
+    # them): every 50 steps keeps that under 0.5% of step time on a CPU-bound MLP (BENCHMARKS.md).
+    weight_every: int = 50
     weight_rows: int = 512
-    # Per-module output statistics, from step 0 (initialization) on.
-    activation_every: int = 25
+    # Per-module output statistics, from step 0 (initialization) on: six reductions per module output,
+    # so every 50 steps (about 0.3 ms per step amortized on the 6x512 MLP at every 25).
+    activation_every: int = 50
     activation_rows: int = 256
     # Model input statistics.
-    input_every: int = 25
+    input_every: int = 50
     # Largest singular values of recurrent weight matrices, from step 0 on.
-    spectral_every: int = 25
+    spectral_every: int = 50
     spectral_rows: int = 512
     # At most this many input tensors are described per forward pass.
     max_inputs: int = 8

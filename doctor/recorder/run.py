@@ -325,8 +325,7 @@ class Run:
                 grads.append(g.coalesce()._values() if g.is_sparse else g)
         if not grads:
             return
-        norms = torch._foreach_norm(grads)
-        stacked = torch.stack([n.to(self._device, torch.float32, non_blocking=True) for n in norms])
+        stacked = self._stack_norms(torch._foreach_norm(grads))
         row.grad_total = torch.linalg.vector_norm(stacked)
         if len(indices) == len(self._params):
             full = stacked
@@ -343,6 +342,12 @@ class Run:
         else:
             self._grad_window = window
 
+    def _stack_norms(self, norms: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """One float32 vector on the recording device; the common case (one device, fp32) is a single stack."""
+        if all(n.dtype == torch.float32 and n.device == self._device for n in norms):
+            return torch.stack(norms)
+        return torch.stack([n.to(self._device, torch.float32, non_blocking=True) for n in norms])
+
     def _copy_weights(self) -> None:
         self._weights_before = torch._foreach_mul([p.detach() for p in self._params], 1.0) if self._params else None
 
@@ -350,8 +355,8 @@ class Run:
         """Weight norm before the update and ||w_after - w_before|| / ||w_before||, both on the device."""
         after = [p.detach() for p in self._params]
         before = self._weights_before
-        weight = torch.stack([n.to(self._device, torch.float32) for n in torch._foreach_norm(before)])
-        delta = torch.stack([n.to(self._device, torch.float32) for n in torch._foreach_norm(torch._foreach_sub(after, before))])
+        weight = self._stack_norms(torch._foreach_norm(before))
+        delta = self._stack_norms(torch._foreach_norm(torch._foreach_sub(after, before)))
         ratio = delta / weight.clamp_min(1e-12)
         self._weight_rows.append((self.step, weight, ratio))
 

@@ -1,0 +1,165 @@
+"""Recording overhead: median step time watched / unwatched, measured side by side in one process.
+
+Four workloads (issue 5): a bidirectional 2-layer LSTM (hidden 128, 80 steps, batch 32, document 000's
+setting), a 6x512 MLP, a 4-layer transformer encoder (d_model 256), a small CNN with batch norm. For each,
+blocks of steps alternate between unwatched, doctor.watch (defaults) and a naive hand-written monitor
+(per-parameter ``.norm().item()`` and per-module mean/std ``.item()`` every step, what ad-hoc scripts and
+``wandb.watch(log="all")`` amount to); the ratios are of medians over all blocks.
+
+    python bench/overhead.py [--device cuda] [--blocks 12] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import doctor
+
+
+class BiLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(32, 128, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = nn.Linear(256, 2)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+class Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(256, 8, 1024, batch_first=True, dropout=0.1)
+        self.encoder = nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
+        self.head = nn.Linear(256, 10)
+
+    def forward(self, x):
+        return self.head(self.encoder(x).mean(dim=1))
+
+
+def cnn():
+    def block(i, o):
+        return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
+
+    return nn.Sequential(*block(3, 32), *block(32, 64), *block(64, 128), nn.Flatten(), nn.Linear(128 * 4 * 4, 10))
+
+
+def mlp():
+    layers = [nn.Linear(512, 512), nn.ReLU()]
+    for _ in range(4):
+        layers += [nn.Linear(512, 512), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(512, 10))
+
+
+WORKLOADS = {
+    "bilstm_2x128_T80_B32": (BiLSTM, lambda: (torch.randn(32, 80, 32), torch.randint(0, 2, (32,)))),
+    "mlp_6x512_B256": (mlp, lambda: (torch.randn(256, 512), torch.randint(0, 10, (256,)))),
+    "transformer_4x256_T64_B32": (Encoder, lambda: (torch.randn(32, 64, 256), torch.randint(0, 10, (32,)))),
+    "cnn_bn_32px_B64": (cnn, lambda: (torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)))),
+}
+
+
+class NaiveMonitor:
+    """What a hand-written monitor does: read every statistic back to the host, every step."""
+
+    def __init__(self, model):
+        self.model, self.rows = model, []
+        self.handles = [m.register_forward_hook(self.hook) for m in model.modules() if not list(m.children())]
+
+    def hook(self, module, args, out):
+        if isinstance(out, torch.Tensor):
+            self.rows.append((out.detach().mean().item(), out.detach().std().item()))
+
+    def step(self):
+        self.rows.append([p.grad.norm().item() for p in self.model.parameters() if p.grad is not None])
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(name, make, data, device, blocks, steps, log_dir):
+    """Three identical models (plain, watched for the whole run, naive monitor), stepped in alternating blocks."""
+    x, y = (t.to(device) for t in data())
+    loss_fn = nn.CrossEntropyLoss()
+    setups = {}
+    for mode in ("plain", "doctor", "naive"):
+        torch.manual_seed(0)
+        model = make().to(device)
+        optimizer = torch.optim.Adam(model.parameters(), 1e-4)
+        run = doctor.watch(model, optimizer, log=Path(log_dir) / f"{name}.log") if mode == "doctor" else None
+        naive = NaiveMonitor(model) if mode == "naive" else None
+        setups[mode] = (model, optimizer, run, naive)
+    times = {m: [] for m in setups}
+
+    def one_block(mode, record=True):
+        model, optimizer, run, naive = setups[mode]
+        for _ in range(steps):
+            sync(device)
+            start = time.perf_counter()
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if run:
+                run.log(loss=loss)
+            if naive:
+                naive.step()
+                naive.rows.append(loss.item())
+            sync(device)
+            if record:
+                times[mode].append(time.perf_counter() - start)
+
+    for mode in setups:  # warm-up
+        one_block(mode, record=False)
+    for b in range(blocks):
+        for mode in list(setups) if b % 2 == 0 else list(setups)[::-1]:
+            one_block(mode)
+    setups["doctor"][2].close()
+    setups["naive"][3].close()
+    return {m: (statistics.median(v), statistics.fmean(v)) for m, v in times.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--only", default="")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    warnings.simplefilter("ignore")
+    print(
+        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} blocks={args.blocks} steps/block={args.steps}"
+    )
+    print("ratios of median step time (mean step time, which includes sampled and flush steps, in brackets)")
+    print(f"{'workload':28} {'plain ms':>9} {'doctor ms':>10} {'doctor x':>16} {'naive ms':>9} {'naive x':>16}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (make, data) in WORKLOADS.items():
+            if args.only and args.only not in name:
+                continue
+            med = measure(name, make, data, device, args.blocks, args.steps, tmp)
+            (p_med, p_mean), (d_med, d_mean), (n_med, n_mean) = med["plain"], med["doctor"], med["naive"]
+            print(
+                f"{name:28} {1e3 * p_med:9.2f} {1e3 * d_med:10.2f} {d_med / p_med:7.3f} ({d_mean / p_mean:5.3f}) "
+                f"{1e3 * n_med:9.2f} {n_med / p_med:7.3f} ({n_mean / p_mean:5.3f})",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
