@@ -144,7 +144,8 @@ def main():
     device = torch.device(args.device)
     warnings.simplefilter("ignore")
     print(
-        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} blocks={args.blocks} steps/block={args.steps}"
+        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"blocks={args.blocks} steps/block={args.steps}"
     )
     print("ratios of median step time (mean step time, which includes sampled and flush steps, in brackets)")
     print(f"{'workload':28} {'plain ms':>9} {'doctor ms':>10} {'doctor x':>16} {'naive ms':>9} {'naive x':>16}")

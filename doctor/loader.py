@@ -291,21 +291,42 @@ def _steps_frame(records: Iterable[dict[str, Any]]) -> tuple[pd.DataFrame, dict[
                 if values is not None and values.shape == (n,) and key not in columns:
                     columns[str(key)] = values
                     nonfinite.setdefault(str(key), []).extend(_nonfinite_steps(steps, column))
-        frames.append(pd.DataFrame(columns, index=pd.Index(steps, name="step")))
+        if columns:
+            frames.append((steps, list(columns), np.column_stack(list(columns.values()))))
     nonfinite = {k: sorted(set(v)) for k, v in nonfinite.items() if v}
-    if not frames:
-        return pd.DataFrame(index=pd.Index([], name="step", dtype=int)), nonfinite
-    steps = pd.concat(frames)
-    if not steps.index.is_unique:
-        steps = steps.groupby(level=0).last()  # late-logged scalars merge into their step
-    steps = steps.sort_index()
+    steps = _stack_blocks(frames)  # late-logged scalars merge into their step
     if "lr_g0" in steps:
         steps["lr"] = steps["lr_g0"]
     return steps, nonfinite
 
 
+def _stack_blocks(blocks: list[tuple[list[int], list[str], np.ndarray]]) -> pd.DataFrame:
+    """One frame from many (steps, column names, 2-D values) blocks, without a DataFrame per block.
+
+    Consecutive blocks with the same columns (the normal case) are concatenated as arrays; rows for
+    a step that appears more than once are merged, later non-missing values winning.
+    """
+    if not blocks:
+        return pd.DataFrame(index=pd.Index([], name="step", dtype=int))
+    frames, i = [], 0
+    while i < len(blocks):
+        j = i
+        while j + 1 < len(blocks) and blocks[j + 1][1] == blocks[i][1]:
+            j += 1
+        steps = np.concatenate([np.asarray(b[0], dtype=np.int64) for b in blocks[i : j + 1]])
+        values = np.concatenate([b[2] for b in blocks[i : j + 1]])
+        frames.append(pd.DataFrame(values, index=pd.Index(steps, name="step"), columns=[str(c) for c in blocks[i][1]]))
+        i = j + 1
+    frame = frames[0] if len(frames) == 1 else pd.concat(frames)
+    if not frame.columns.is_unique:
+        frame = frame.T.groupby(level=0, sort=False).last().T
+    if not frame.index.is_unique:
+        frame = frame.groupby(level=0).last()
+    return frame.sort_index()
+
+
 def _wide(records: list[dict[str, Any]], key: str, columns: list[str] | None, columns_key: str | None = None) -> pd.DataFrame:
-    frames = []
+    blocks = []
     for record in records:
         steps = _step_index(record)
         names = record.get(columns_key) if columns_key else columns
@@ -314,13 +335,8 @@ def _wide(records: list[dict[str, Any]], key: str, columns: list[str] | None, co
         values = _as_float_array(record.get(key))
         if values is None or values.ndim != 2 or values.shape != (len(steps), len(names)):
             continue
-        frames.append(pd.DataFrame(values, index=pd.Index(steps, name="step"), columns=[str(n) for n in names]))
-    if not frames:
-        return pd.DataFrame(index=pd.Index([], name="step", dtype=int))
-    frame = pd.concat(frames)
-    if not frame.index.is_unique:
-        frame = frame.groupby(level=0).last()
-    return frame.sort_index()
+        blocks.append((steps, names, values))
+    return _stack_blocks(blocks)
 
 
 def _has_nonfinite(value: Any) -> bool:
@@ -333,7 +349,7 @@ def _tables(
     records: list[dict[str, Any]], names_key: str, stats: tuple[str, ...], nonfinite: list[int] | None = None
 ) -> dict[str, pd.DataFrame]:
     """Per-statistic wide frames; steps whose logged values held NaN/Inf (not nulls) go to ``nonfinite``."""
-    per_stat: dict[str, list[pd.DataFrame]] = {s: [] for s in stats}
+    blocks = []
     for record in records:
         steps = _step_index(record)
         names = record.get(names_key)
@@ -347,17 +363,8 @@ def _tables(
             continue
         if nonfinite is not None:
             nonfinite.extend(s for s, row in zip(steps, record["values"]) if _has_nonfinite(row))
-        index = pd.Index(steps, name="step")
-        for k, stat in enumerate(stats):
-            per_stat[stat].append(pd.DataFrame(values[:, :, k], index=index, columns=[str(n) for n in names]))
-    out = {}
-    for stat, frames in per_stat.items():
-        if frames:
-            frame = pd.concat(frames)
-            out[stat] = (frame.groupby(level=0).last() if not frame.index.is_unique else frame).sort_index()
-        else:
-            out[stat] = pd.DataFrame(index=pd.Index([], name="step", dtype=int))
-    return out
+        blocks.append((steps, names, values))
+    return {stat: _stack_blocks([(st, names, v[:, :, k]) for st, names, v in blocks]) for k, stat in enumerate(stats)}
 
 
 _PARAM_COLUMNS = (
