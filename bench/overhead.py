@@ -2,9 +2,12 @@
 
 Four workloads (issue 5): a bidirectional 2-layer LSTM (hidden 128, 80 steps, batch 32, document 000's
 setting), a 6x512 MLP, a 4-layer transformer encoder (d_model 256), a small CNN with batch norm. For each,
-blocks of steps alternate between unwatched, doctor.watch (defaults) and a naive hand-written monitor
-(per-parameter ``.norm().item()`` and per-module mean/std ``.item()`` every step, what ad-hoc scripts and
-``wandb.watch(log="all")`` amount to); the ratios are of medians over all blocks.
+three identical models are trained in alternating blocks of steps: unwatched, under doctor.watch (defaults,
+one watch for the whole run) and under a naive hand-written monitor (per-parameter ``.norm().item()`` and
+per-module mean/std ``.item()`` every step, what ad-hoc scripts and ``wandb.watch(log="all")`` amount to).
+Each round runs one block of each, in alternating order; a round's ratio compares block medians, and the
+figure printed is the median over rounds, which cancels slow drift of a shared machine.
+torch.utils.tensorboard is not installed here, so its histograms are not compared.
 
     python bench/overhead.py [--device cuda] [--blocks 12] [--steps 20]
 """
@@ -63,7 +66,7 @@ def mlp():
 WORKLOADS = {
     "bilstm_2x128_T80_B32": (BiLSTM, lambda: (torch.randn(32, 80, 32), torch.randint(0, 2, (32,)))),
     "mlp_6x512_B256": (mlp, lambda: (torch.randn(256, 512), torch.randint(0, 10, (256,)))),
-    "transformer_4x256_T64_B32": (Encoder, lambda: (torch.randn(32, 64, 256), torch.randint(0, 10, (32,)))),
+    "transformer_4x256_T64_B16": (Encoder, lambda: (torch.randn(16, 64, 256), torch.randint(0, 10, (16,)))),
     "cnn_bn_32px_B64": (cnn, lambda: (torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)))),
 }
 
@@ -87,6 +90,33 @@ class NaiveMonitor:
             h.remove()
 
 
+class HookClock:
+    """Time spent inside doctor's hooks and run.log, summed: on the CPU every op is synchronous, so this is
+    the recorder's whole cost per step, free of the machine noise that a step-time ratio carries."""
+
+    seconds = 0.0
+    names = ("_before_optimizer_step", "_after_optimizer_step", "_before_forward", "log")
+
+    @classmethod
+    def install(cls):
+        from doctor.recorder.run import Run
+
+        def timed(fn):
+            def wrapper(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    cls.seconds += time.perf_counter() - start
+
+            return wrapper
+
+        for name in cls.names:
+            setattr(Run, name, timed(getattr(Run, name)))
+        make_hook = Run._module_hook
+        Run._module_hook = lambda self, index: timed(make_hook(self, index))
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -105,6 +135,7 @@ def measure(name, make, data, device, blocks, steps, log_dir):
         naive = NaiveMonitor(model) if mode == "naive" else None
         setups[mode] = (model, optimizer, run, naive)
     times = {m: [] for m in setups}
+    rounds = {m: [] for m in setups}  # median step time of each block
 
     def one_block(mode, record=True):
         model, optimizer, run, naive = setups[mode]
@@ -123,15 +154,24 @@ def measure(name, make, data, device, blocks, steps, log_dir):
             sync(device)
             if record:
                 times[mode].append(time.perf_counter() - start)
+        if record:
+            rounds[mode].append(statistics.median(times[mode][-steps:]))
 
     for mode in setups:  # warm-up
         one_block(mode, record=False)
+    hook_seconds = 0.0
     for b in range(blocks):
         for mode in list(setups) if b % 2 == 0 else list(setups)[::-1]:
+            before = HookClock.seconds
             one_block(mode)
+            if mode == "doctor":
+                hook_seconds += HookClock.seconds - before
     setups["doctor"][2].close()
     setups["naive"][3].close()
-    return {m: (statistics.median(v), statistics.fmean(v)) for m, v in times.items()}
+    paired = {m: statistics.median(a / b for a, b in zip(rounds[m], rounds["plain"])) for m in rounds}
+    out = {m: (statistics.median(v), statistics.fmean(v), paired[m]) for m, v in times.items()}
+    out["hooks"] = hook_seconds / len(times["doctor"])
+    return out
 
 
 def main():
@@ -143,21 +183,29 @@ def main():
     args = parser.parse_args()
     device = torch.device(args.device)
     warnings.simplefilter("ignore")
+    HookClock.install()
     print(
         f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
         f"blocks={args.blocks} steps/block={args.steps}"
     )
-    print("ratios of median step time (mean step time, which includes sampled and flush steps, in brackets)")
-    print(f"{'workload':28} {'plain ms':>9} {'doctor ms':>10} {'doctor x':>16} {'naive ms':>9} {'naive x':>16}")
+    print("x = median over rounds of (block median step time / the plain block's of the same round);")
+    print("mean = ratio of mean step times, which includes the sampled and flush steps")
+    print("hooks = time inside doctor's hooks per step (all steps averaged), as a share of the plain mean step")
+    print(
+        f"{'workload':28} {'plain ms':>9} {'doctor ms':>10} {'doctor x':>9} {'mean':>6} {'hooks ms':>9} {'hooks %':>8} "
+        f"{'naive ms':>9} {'naive x':>8} {'mean':>6}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for name, (make, data) in WORKLOADS.items():
             if args.only and args.only not in name:
                 continue
             med = measure(name, make, data, device, args.blocks, args.steps, tmp)
-            (p_med, p_mean), (d_med, d_mean), (n_med, n_mean) = med["plain"], med["doctor"], med["naive"]
+            (p_med, p_mean, _), (d_med, d_mean, d_x), (n_med, n_mean, n_x) = med["plain"], med["doctor"], med["naive"]
+            hooks = med["hooks"]
             print(
-                f"{name:28} {1e3 * p_med:9.2f} {1e3 * d_med:10.2f} {d_med / p_med:7.3f} ({d_mean / p_mean:5.3f}) "
-                f"{1e3 * n_med:9.2f} {n_med / p_med:7.3f} ({n_mean / p_mean:5.3f})",
+                f"{name:28} {1e3 * p_med:9.2f} {1e3 * d_med:10.2f} {d_x:9.3f} {d_mean / p_mean:6.3f} "
+                f"{1e3 * hooks:9.3f} {100 * hooks / p_mean:7.2f}% "
+                f"{1e3 * n_med:9.2f} {n_x:8.3f} {n_mean / p_mean:6.3f}",
                 flush=True,
             )
 

@@ -272,6 +272,30 @@ def test_a_run_killed_with_sigkill_leaves_a_readable_log(tmp_path):
     assert view.loss.notna().all()
 
 
+def test_sigterm_flushes_everything_then_stops_the_process(tmp_path):
+    log = tmp_path / "term.log"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, torch
+        sys.path.insert(0, {str(REPO)!r})
+        import doctor
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        run = doctor.watch(model, opt, log={str(log)!r}, flush_every=10_000, flush_seconds=1e9)
+        for step in range(1000):
+            loss = model(torch.randn(8, 6)).pow(2).mean()
+            opt.zero_grad(); loss.backward(); opt.step(); run.log(loss=loss)
+            if step == 57:
+                os.kill(os.getpid(), signal.SIGTERM)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert result.returncode == -signal.SIGTERM  # the process still stops the way it would have
+    view = load_run(log)
+    assert view.num_steps == 58 and view.loss.size == 58  # nothing buffered was lost
+    assert view.events_of("close")[0]["reason"] == "SIGTERM" and not view.truncated
+
+
 def test_memory_stays_flat_and_no_activation_is_kept(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))

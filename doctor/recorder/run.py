@@ -32,7 +32,7 @@ from torch import nn
 
 from doctor import schema
 from doctor.errors import UsageError
-from doctor.recorder import statistics
+from doctor.recorder import shutdown, statistics
 from doctor.recorder.config import RecorderConfig
 from doctor.recorder.summary import activation_kind, describe_model, environment, recorded_modules
 from doctor.recorder.transfer import HostCopy
@@ -134,6 +134,7 @@ class Run:
         ref = weakref.ref(self)
         self._atexit = lambda: (r := ref()) is not None and r.close(reason="interpreter exit")
         atexit.register(self._atexit)
+        shutdown.register(self)
 
     # ------------------------------------------------------------------ public API
     def log(self, step: int | None = None, **scalars: Any) -> None:
@@ -163,6 +164,7 @@ class Run:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        shutdown.unregister(self)
         try:
             atexit.unregister(self._atexit)
         except Exception:  # noqa: BLE001
