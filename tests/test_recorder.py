@@ -247,8 +247,8 @@ def test_non_finite_values_round_trip(tmp_path, tiny_mlp):
     assert view.nonfinite["loss"] == [1, 2] and view.nonfinite["reward"] == [1, 2]
 
 
-def test_a_run_killed_with_sigkill_leaves_a_readable_log(tmp_path):
-    log = tmp_path / "killed.log"
+def _train_then_signal(log: Path, sig: signal.Signals, **options) -> int:
+    """Train in a child process that sends itself ``sig`` after step 57; return its exit status."""
     script = textwrap.dedent(
         f"""
         import os, signal, sys, torch
@@ -256,42 +256,29 @@ def test_a_run_killed_with_sigkill_leaves_a_readable_log(tmp_path):
         import doctor
         model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        run = doctor.watch(model, opt, log={str(log)!r}, flush_every=10)
+        run = doctor.watch(model, opt, log={str(log)!r}, **{options!r})
         for step in range(1000):
             loss = model(torch.randn(8, 6)).pow(2).mean()
             opt.zero_grad(); loss.backward(); opt.step(); run.log(loss=loss)
             if step == 57:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), {int(sig)})
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
-    assert result.returncode == -signal.SIGKILL
-    view = load_run(log)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120).returncode
+
+
+def test_a_run_killed_with_sigkill_leaves_a_readable_log(tmp_path):
+    assert _train_then_signal(tmp_path / "killed.log", signal.SIGKILL, flush_every=10) == -signal.SIGKILL
+    view = load_run(tmp_path / "killed.log")
     assert view.truncated
     assert 40 <= view.num_steps <= 58  # everything up to the last flush survives
     assert view.loss.notna().all()
 
 
 def test_sigterm_flushes_everything_then_stops_the_process(tmp_path):
-    log = tmp_path / "term.log"
-    script = textwrap.dedent(
-        f"""
-        import os, signal, sys, torch
-        sys.path.insert(0, {str(REPO)!r})
-        import doctor
-        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        run = doctor.watch(model, opt, log={str(log)!r}, flush_every=10_000, flush_seconds=1e9)
-        for step in range(1000):
-            loss = model(torch.randn(8, 6)).pow(2).mean()
-            opt.zero_grad(); loss.backward(); opt.step(); run.log(loss=loss)
-            if step == 57:
-                os.kill(os.getpid(), signal.SIGTERM)
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
-    assert result.returncode == -signal.SIGTERM  # the process still stops the way it would have
-    view = load_run(log)
+    status = _train_then_signal(tmp_path / "term.log", signal.SIGTERM, flush_every=10_000, flush_seconds=1e9)
+    assert status == -signal.SIGTERM  # the process still stops the way it would have
+    view = load_run(tmp_path / "term.log")
     assert view.num_steps == 58 and view.loss.size == 58  # nothing buffered was lost
     assert view.events_of("close")[0]["reason"] == "SIGTERM" and not view.truncated
 

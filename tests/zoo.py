@@ -227,19 +227,7 @@ def healthy_bilstm_clipped(log: Path) -> None:
 @scenario()
 def healthy_rnn_clipped(log: Path) -> None:
     """The exploding RNN's twin: the same tanh RNN and optimizer with gradient-norm clipping at 1.0."""
-    torch.manual_seed(0)
-    model = SequenceClassifier("rnn", hidden=32)
-    with torch.no_grad():
-        nn.init.orthogonal_(model.rnn.weight_hh_l0)
-        model.rnn.weight_hh_l0.mul_(1.2)
-    train_classifier(
-        log,
-        model,
-        torch.optim.SGD(model.parameters(), 0.05, momentum=0.9),
-        memory_data(2048, 1, length=50),
-        250,
-        clip=1.0,
-    )
+    rnn_on_a_cliff(log, clip=1.0)
 
 
 @scenario()
@@ -269,15 +257,21 @@ def healthy_frozen_backbone(log: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- faults
-@scenario("exploding_gradients", "saturated_activations")
-def exploding_rnn(log: Path) -> None:
-    """A tanh RNN on 50-step sequences, SGD with momentum, no clipping: one gradient spike wrecks the weights."""
+def rnn_on_a_cliff(log: Path, clip: float | None) -> None:
+    """A tanh RNN (recurrent spectral norm 1.2) on 50-step sequences, SGD with momentum."""
     torch.manual_seed(0)
     model = SequenceClassifier("rnn", hidden=32)
     with torch.no_grad():
         nn.init.orthogonal_(model.rnn.weight_hh_l0)
         model.rnn.weight_hh_l0.mul_(1.2)
-    train_classifier(log, model, torch.optim.SGD(model.parameters(), 0.05, momentum=0.9), memory_data(2048, 1, length=50), 250)
+    optimizer = torch.optim.SGD(model.parameters(), 0.05, momentum=0.9)
+    train_classifier(log, model, optimizer, memory_data(2048, 1, length=50), 250, clip=clip)
+
+
+@scenario("exploding_gradients", "saturated_activations")
+def exploding_rnn(log: Path) -> None:
+    """A tanh RNN on 50-step sequences, SGD with momentum, no clipping: one gradient spike wrecks the weights."""
+    rnn_on_a_cliff(log, clip=None)
 
 
 @scenario("vanishing_gradients", "deep_sigmoid")
