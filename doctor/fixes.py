@@ -169,3 +169,23 @@ FIND_NONFINITE_SOURCE = Fix(
     "assert torch.isfinite(x).all(), 'non-finite input'\nwith torch.autograd.detect_anomaly():\n"
     "    loss = loss_fn(model(x), y); loss.backward()",
 )
+LOWER_WEIGHT_DECAY = Fix(
+    "Lower the weight decay about 10x (small values such as 5e-4 are the usual range for an L2 penalty) and "
+    "check that the weight norms stop shrinking toward zero.",
+    s.THEORY_WEIGHT_DECAY,
+    "optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=5e-4)",
+)
+USE_ADAMW = Fix(
+    "With Adam, use AdamW (decoupled weight decay) rather than Adam(weight_decay=...): for adaptive optimizers "
+    "an L2 term is not the same as weight decay, and through Adam's normalization it drags weights with small "
+    "gradients to zero at the full learning rate.",
+    s.THEORY_WEIGHT_DECAY,
+    "optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)",
+)
+EXEMPT_BIAS_AND_NORM = Fix(
+    "Exempt biases and normalization parameters from weight decay; decaying them brings no regularization benefit.",
+    s.GENERAL,
+    "decay = [p for n, p in model.named_parameters() if p.ndim >= 2]\n"
+    "no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]\n"
+    "optimizer = torch.optim.AdamW([{'params': decay, 'weight_decay': 1e-2}, {'params': no_decay, 'weight_decay': 0.0}])",
+)

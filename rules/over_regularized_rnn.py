@@ -59,7 +59,7 @@ class OverRegularizedRnn(Rule):
     severity = "error"
     requires = ("model", "optimizer")
     Thresholds = Thresholds
-    explains = ("loss_plateau", "vanishing_gradients")
+    explains = ("loss_plateau", "vanishing_gradients", "over_regularized")
     fixes = (fixes.EXEMPT_RECURRENT, fixes.CLIP_INSTEAD_OF_L2, fixes.RNN_DROPOUT, fixes.LAYER_NORM_RNN)
 
     def check(self, run, t):

@@ -306,6 +306,22 @@ def rnn_l2(log: Path) -> None:
     )
 
 
+@scenario("over_regularized")
+def adam_l2_collapse(log: Path) -> None:
+    """The healthy MLP with Adam(weight_decay=0.1): the L2 term outweighs the data and the weights vanish."""
+    torch.manual_seed(0)
+    model = mlp([FEATURES, 64, 64, CLASSES])
+    train_classifier(log, model, torch.optim.Adam(model.parameters(), 1e-2, weight_decay=0.1), teacher_data(4096, 1), 400)
+
+
+@scenario()
+def healthy_adamw_decay(log: Path) -> None:
+    """The over-regularized MLP's twin: AdamW with decoupled weight decay 0.1 trains normally."""
+    torch.manual_seed(0)
+    model = mlp([FEATURES, 64, 64, CLASSES])
+    train_classifier(log, model, torch.optim.AdamW(model.parameters(), 1e-2, weight_decay=0.1), teacher_data(4096, 1), 400)
+
+
 @scenario("bad_init")
 def relu_big_init(log: Path) -> None:
     """A 6-layer ReLU MLP initialized with N(0, 1) weights: activations grow ~5x per layer at step 0."""
