@@ -287,10 +287,12 @@ def _loss_figure(run: RunView) -> dict[str, Any] | None:
         data.append(_line(s.index, s.to_numpy(), column, mode="lines+markers" if len(s) < 60 else "lines"))
     layout = _layout("Loss and logged scalars, learning rate (right, log)")
     groups = [c for c in steps.columns if c.startswith("lr_g")]
+    positive: list[float] = []
     for column in groups[:8]:
         s = steps[column].dropna()
         if len(s) and (s > 0).any():
             data.append(_line(s.index, s.to_numpy(), f"lr group {column[4:]}", yaxis="y2", line={"dash": "dot"}))
+            positive += [float(s[s > 0].min()), float(s.max())]
     layout["yaxis2"] = {
         "type": "log",
         "overlaying": "y",
@@ -298,7 +300,11 @@ def _loss_figure(run: RunView) -> dict[str, Any] | None:
         "title": {"text": "learning rate"},
         "showgrid": False,
         "exponentformat": "e",
+        "dtick": 1,  # one labelled tick per decade
     }
+    if positive:  # pad the log range so a constant rate does not get a zoomed-in axis of odd minor ticks
+        low, high = math.log10(min(positive)), math.log10(max(positive))
+        layout["yaxis2"]["range"] = [low - 0.5, high + 0.5]
     layout["margin"]["r"] = 60
     return {"data": data, "layout": layout} if data else None
 
