@@ -235,7 +235,10 @@ def test_a_crash_in_the_loop_is_recorded_and_re_raised(tmp_path, tiny_mlp):
 
 def test_non_finite_values_round_trip(tmp_path, tiny_mlp):
     optimizer = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1)
-    with doctor.watch(tiny_mlp, optimizer, log=tmp_path / "nan.log") as run:
+    with (
+        pytest.warns(RuntimeWarning, match="non-finite loss"),
+        doctor.watch(tiny_mlp, optimizer, log=tmp_path / "nan.log") as run,
+    ):
         for value in (1.0, float("nan"), float("inf"), -1.0):
             loss = tiny_mlp(torch.randn(4, 6)).sum()
             optimizer.zero_grad()
@@ -274,6 +277,37 @@ def test_a_run_killed_with_sigkill_leaves_a_readable_log(tmp_path):
     assert view.truncated
     assert 40 <= view.num_steps <= 58  # everything up to the last flush survives
     assert view.loss.notna().all()
+
+
+def test_gradients_are_recorded_unscaled_under_grad_scaler(tmp_path, tiny_mlp):
+    optimizer = torch.optim.SGD(tiny_mlp.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    expected = []
+    with doctor.watch(tiny_mlp, optimizer, log=tmp_path / "amp.log") as run:
+        for _ in range(4):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(tiny_mlp(x), y)
+            scaler.scale(loss).backward()
+            scale = scaler.get_scale()
+            expected.append(math.sqrt(sum(float((p.grad / scale).pow(2).sum()) for p in tiny_mlp.parameters())))
+            scaler.step(optimizer)
+            scaler.update()
+            run.log(loss=loss)
+    view = load_run(tmp_path / "amp.log")
+    np.testing.assert_allclose(view.steps["grad_norm"].to_numpy(), expected, rtol=1e-4)
+
+
+def test_non_finite_loss_warns_once_while_training(tmp_path, tiny_mlp):
+    optimizer = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1)
+    with pytest.warns(RuntimeWarning, match=r"doctor: non-finite loss \(nan\) at step 3"):
+        with doctor.watch(tiny_mlp, optimizer, log=tmp_path / "w.log", flush_every=5) as run:
+            for step in range(12):
+                loss = tiny_mlp(torch.randn(4, 6)).sum()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                run.log(loss=loss * float("nan") if step == 3 else loss)
 
 
 def test_sigterm_flushes_everything_then_stops_the_process(tmp_path):

@@ -534,6 +534,7 @@ class Run:
                 if value is not None and not _finite(value):
                     self._nonfinite_seen.add(what)
                     self._event("nonfinite", what=what, step=step, value=str(value))
+                    warnings.warn(f"doctor: non-finite {what} ({value}) at step {step}", RuntimeWarning, stacklevel=2)
                     break
 
     def _check_nonfinite_params(self, steps: list[int], rows: list[list[float]]) -> None:
@@ -544,6 +545,11 @@ class Run:
             if bad:
                 self._nonfinite_seen.add("parameter")
                 self._event("nonfinite", what="parameter_gradient", step=step, params=bad[:20], count=len(bad))
+                warnings.warn(
+                    f"doctor: non-finite gradient at step {step} in {len(bad)} parameter(s), first `{bad[0]}`",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 return
 
     def _event(self, type_: str, **fields: Any) -> None:
