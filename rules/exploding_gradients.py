@@ -29,7 +29,10 @@ Thresholds:
     sample). growth_ratio: the late median over the early median, 100x.
 
 Known false positives:
-    A deliberate learning-rate restart can produce one spike with a loss bump.
+    A spike the run recovers from (the loss ends back below where it was before
+    the spike) is reported as a warning, not an error: it was real, and clipping
+    still protects the next one. A deliberate learning-rate restart can produce
+    one spike with a loss bump.
     Spikes need 5 steps of history, so a blow-up in the first steps is caught
     by the spectral jump or by `nonfinite` instead.
 """
@@ -43,7 +46,7 @@ import numpy as np
 from doctor import fixes
 from doctor.findings import Chart
 from doctor.rule import Rule
-from doctor.rulekit import finite_part, fmt
+from doctor.rulekit import finite_part, fmt, weight_params
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class ExplodingGradients(Rule):
     severity = "error"
     requires = ("grad_norm",)
     Thresholds = Thresholds
+    explains = ("vanishing_gradients",)  # units saturated by blown-up weights stop passing gradient
     fixes = (fixes.CLIP_GRAD_NORM, fixes.LOWER_LR, fixes.WARMUP, fixes.VARIANCE_INIT)
 
     def check(self, run, t):
@@ -130,7 +134,21 @@ class ExplodingGradients(Rule):
             charts.append(
                 Chart("grad_norms", "Gradient norm per parameter", columns=tuple(layers[:4]), highlight=where, log_y=True)
             )
-        return [self.finding(summary + ".", steps=where, layers=layers, evidence=evidence, charts=charts)]
+        severity = None
+        if not spikes.empty and not jumps and self._recovered(run, where[1], t):
+            severity = "warning"
+            summary += "; the loss recovered afterwards, but the next spike may not be survivable"
+        return [self.finding(summary + ".", steps=where, layers=layers, evidence=evidence, charts=charts, severity=severity)]
+
+    @staticmethod
+    def _recovered(run, step, t):
+        """The loss at the end of the run is back below its level before the spike."""
+        loss = run.loss
+        before = loss.loc[: step - 2].tail(20)
+        after = loss.loc[step:].tail(max(20, len(loss) // 10))
+        if before.empty or len(after) < 5:
+            return False
+        return float(after.median()) <= t.loss_jump * float(before.median())
 
     @staticmethod
     def _harmful_spikes(run, g, t):
@@ -162,6 +180,8 @@ class ExplodingGradients(Rule):
             return None
         jump = at.iloc[0] / history.median().clip(lower=1e-30)
         jump = jump[np.isfinite(jump.to_numpy())]
+        matrices = [p for p in weight_params(run) if p in jump.index]
+        jump = jump[matrices] if matrices else jump  # name a weight matrix rather than a bias
         return str(jump.idxmax()) if len(jump) else None
 
     @staticmethod

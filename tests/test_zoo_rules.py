@@ -148,6 +148,6 @@ def test_dead_relu_reports_fraction(zoo_analysis):
 def test_over_regularized_blames_l2_through_adam(zoo_analysis):
     f = _finding(zoo_analysis("adam_l2_collapse"), "over_regularized")
     start, end = f.evidence["norm_start_end"]["0.weight"]
-    assert end < 0.01 * start and f.evidence["weight_decay"]["0.weight"] == pytest.approx(0.1)
+    assert end < 0.01 * start and f.evidence["weight_decay"]["0.weight"] == pytest.approx(0.3)
     assert f.evidence["optimizer"] == "Adam" and f.fixes[0].text.startswith("With Adam, use AdamW")
     assert f.evidence["loss_end"] > 0.9 * f.evidence["loss_start"]
