@@ -82,6 +82,16 @@ def test_update_ratio_and_weight_norm_match_the_weights(tmp_path, tiny_mlp):
         assert view.update_ratios.loc[0, name] == pytest.approx(ratio, rel=1e-4)
 
 
+def test_update_ratio_copies_stay_within_the_memory_budget(tmp_path, tiny_mlp):
+    # 16x6 and 3x16 weights are 384 and 192 bytes: a 400-byte budget copies one or two parameters per sample
+    run, _ = _train(tiny_mlp, tmp_path / "budget.log", steps=8, weight_every=1, update_copy_mb=400 / 2**20)
+    view = load_run(tmp_path / "budget.log")
+    assert view.weight_norms.notna().all().all()  # norms of every parameter on every sample
+    seen = view.update_ratios.notna()
+    assert (seen.sum(axis=1) < 4).all() and seen.any().all()  # a slice per sample, every parameter in turn
+    assert (view.update_ratios.to_numpy()[seen.to_numpy()] > 0).all()
+
+
 @pytest.mark.parametrize(
     "make, data",
     [

@@ -29,6 +29,9 @@ class RecorderConfig:
     # them): every 50 steps keeps that under 0.5% of step time on a CPU-bound MLP (BENCHMARKS.md).
     weight_every: int = 50
     weight_rows: int = 512
+    # At most this many MB of weights are copied per sample for update ratios; larger models are
+    # covered in turn over consecutive samples (weight norms are always taken for every parameter).
+    update_copy_mb: float = 256.0
     # Per-module output statistics, from step 0 (initialization) on: six reductions per module output,
     # so every 50 steps (about 0.3 ms per step amortized on the 6x512 MLP at every 25).
     activation_every: int = 50

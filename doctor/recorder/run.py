@@ -101,6 +101,9 @@ class Run:
         self._grad_rows: list[tuple[int, torch.Tensor]] = []
         self._grad_index_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._weights_before: list[torch.Tensor] | None = None
+        self._weight_norms: torch.Tensor | None = None
+        self._copied: list[int] = []
+        self._copy_cursor = 0
         self._weight_rows: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
         self._act_rows: list[tuple[int, dict[int, torch.Tensor]]] = []
         self._input_rows: list[tuple[int, dict[str, torch.Tensor]]] = []
@@ -351,15 +354,42 @@ class Run:
         return torch.stack([n.to(self._device, torch.float32, non_blocking=True) for n in norms])
 
     def _copy_weights(self) -> None:
-        self._weights_before = torch._foreach_mul([p.detach() for p in self._params], 1.0) if self._params else None
+        """Weight norms of every parameter; a copy of the next slice of parameters for their update ratio.
+
+        The copy is what costs memory, so it is bounded: each sampled step copies parameters in turn until
+        ``update_copy_mb`` is reached, and the next sample continues where this one stopped. A model under
+        the budget gets every ratio on every sample; a 7B model gets each ratio every few samples instead
+        of an out-of-memory error.
+        """
+        if not self._params:
+            return
+        self._weight_norms = self._stack_norms(torch._foreach_norm([p.detach() for p in self._params]))
+        budget = self.config.update_copy_mb * 2**20
+        chosen, used, n = [], 0, len(self._params)
+        for k in range(n):
+            i = (self._copy_cursor + k) % n
+            size = self._params[i].numel() * self._params[i].element_size()
+            if chosen and used + size > budget:
+                break
+            chosen.append(i)
+            used += size
+        self._copy_cursor = (self._copy_cursor + len(chosen)) % n
+        self._copied = chosen
+        self._weights_before = torch._foreach_mul([self._params[i].detach() for i in chosen], 1.0)
 
     def _record_weights(self) -> None:
-        """Weight norm before the update and ||w_after - w_before|| / ||w_before||, both on the device."""
-        after = [p.detach() for p in self._params]
-        before = self._weights_before
-        weight = self._stack_norms(torch._foreach_norm(before))
-        delta = self._stack_norms(torch._foreach_norm(torch._foreach_sub(after, before)))
-        ratio = delta / weight.clamp_min(1e-12)
+        """||w_after - w_before|| / ||w_before|| for the copied slice (null for the rest), on the device."""
+        after = [self._params[i].detach() for i in self._copied]
+        delta = self._stack_norms(torch._foreach_norm(torch._foreach_sub(after, self._weights_before)))
+        weight = self._weight_norms
+        if len(self._copied) == len(self._params):
+            ratio = delta / weight.clamp_min(1e-12)
+        else:
+            key = tuple(self._copied)
+            index = self._grad_index_cache.get(key)
+            if index is None:
+                index = self._grad_index_cache[key] = torch.tensor(self._copied, device=self._device)
+            ratio = torch.full_like(weight, _NO_VALUE).index_copy_(0, index, delta / weight[index].clamp_min(1e-12))
         self._weight_rows.append((self.step, weight, ratio))
 
     def _record_spectra(self) -> None:
@@ -493,7 +523,7 @@ class Run:
                     "kind": schema.WEIGHTS,
                     "step": host["weights_steps"],
                     "norm": [rounded(r) for r in values["weights"]],
-                    "update_ratio": [rounded(r) for r in values["update_ratio"]],
+                    "update_ratio": [rounded(r, no_value=_NO_VALUE) for r in values["update_ratio"]],
                 }
             )
         if "spectra" in values:
