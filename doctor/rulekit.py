@@ -37,6 +37,12 @@ def smooth(series: pd.Series, window: int) -> pd.Series:
     return series.rolling(window, center=True, min_periods=1).median()
 
 
+def ends(series: pd.Series, minimum: int = 1) -> tuple[float, float]:
+    """Median of the first and of the last tenth of a series (at least ``minimum`` points each): robust start and end levels."""
+    tenth = max(len(series) // 10, minimum)
+    return float(series.iloc[:tenth].median()), float(series.iloc[-tenth:].median())
+
+
 def loss_curve(run: RunView) -> pd.Series:
     """The finite part of the training loss."""
     loss = finite_part(run.loss, run)

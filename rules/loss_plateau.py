@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from doctor import fixes
 from doctor.findings import Chart
 from doctor.rule import Rule
-from doctor.rulekit import finite_part, fmt, loss_curve, median_update_ratio, rms, weight_params
+from doctor.rulekit import ends, finite_part, fmt, loss_curve, median_update_ratio, rms, weight_params
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,7 @@ class LossPlateau(Rule):
         loss = loss_curve(run)
         if len(loss) < 20:
             return []
-        tenth = max(len(loss) // 10, 5)
-        start, end = float(loss.iloc[:tenth].median()), float(loss.iloc[-tenth:].median())
+        start, end = ends(loss, minimum=5)
         change = (start - end) / abs(start) if start else 0.0
         if change >= t.min_change or not self._gradients_healthy(run, t):
             return []

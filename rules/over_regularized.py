@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from doctor import fixes
 from doctor.findings import Chart
 from doctor.rule import Rule
-from doctor.rulekit import finite_part, fmt, loss_curve, weight_params
+from doctor.rulekit import ends, finite_part, fmt, loss_curve, weight_params
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,7 @@ class OverRegularized(Rule):
             return []
         start, end = norms.iloc[0], norms.iloc[-1]
         collapsed = [p for p in decayed if start[p] > 0 and end[p] < t.collapse * start[p]]
-        tenth = max(len(loss) // 10, 1)
-        l_start, l_end = float(loss.iloc[:tenth].median()), float(loss.iloc[-tenth:].median())
+        l_start, l_end = ends(loss)
         if not collapsed or l_end <= (1 - t.stall) * l_start:
             return []
         first = collapsed[0]

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from doctor import fixes
 from doctor.findings import Chart
 from doctor.rule import Rule
-from doctor.rulekit import fmt, loss_curve
+from doctor.rulekit import ends, fmt, loss_curve
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,7 @@ class OverRegularizedRnn(Rule):
         loss = loss_curve(run)
         stalled = False
         if len(loss) >= 20:
-            tenth = max(len(loss) // 10, 1)
-            l_start, l_end = float(loss.iloc[:tenth].median()), float(loss.iloc[-tenth:].median())
+            l_start, l_end = ends(loss)
             stalled = l_end > (1 - t.stall) * l_start
         charts = [Chart("spectra", "Largest singular value of recurrent weights", columns=tuple(names[:4]), threshold=1.0)]
         if shrunk and stalled:
