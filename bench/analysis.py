@@ -23,7 +23,7 @@ import numpy as np
 
 from doctor import schema
 from doctor.recorder.config import RecorderConfig
-from doctor.recorder.writer import rounded
+from doctor.recorder.writer import LogWriter, rounded
 
 
 def header(layers: int, width: int) -> dict:
@@ -88,26 +88,23 @@ def write_log(path: Path, steps: int, layers: int, width: int = 64) -> None:
     grad_total = 0.5 + 0.1 * rng.standard_normal(steps) ** 2
     grad_total[steps // 2] *= 200  # one spike that wrecks the loss: exploding_gradients should name it
     loss[steps // 2 : steps // 2 + 3] += 10
-    with path.open("w") as out:
-        out.write(json.dumps(header(layers, width)) + "\n")
-        out.write(json.dumps({"kind": schema.TRACE, "call_order": modules}) + "\n")
+    out = LogWriter(path)  # the recorder's own writer: same encoding, one line per record
+    try:
+        out.write(header(layers, width))
+        out.write({"kind": schema.TRACE, "call_order": modules})
         window = np.zeros(n_params)
         for start in range(0, steps, config.flush_every):
             chunk = range(start, min(start + config.flush_every, steps))
             out.write(
-                json.dumps(
-                    {
-                        "kind": schema.STEPS,
-                        "step": list(chunk),
-                        "lr": [[1e-3]] * len(chunk),
-                        "weight_decay": [[0.0]] * len(chunk),
-                        "seconds": [0.01] * len(chunk),
-                        "grad_norm": rounded(grad_total[list(chunk)].tolist()),
-                        "scalars": {"loss": rounded(loss[list(chunk)].tolist(), 7)},
-                    },
-                    separators=(",", ":"),
-                )
-                + "\n"
+                {
+                    "kind": schema.STEPS,
+                    "step": list(chunk),
+                    "lr": [[1e-3]] * len(chunk),
+                    "weight_decay": [[0.0]] * len(chunk),
+                    "seconds": [0.01] * len(chunk),
+                    "grad_norm": rounded(grad_total[list(chunk)].tolist()),
+                    "scalars": {"loss": rounded(loss[list(chunk)].tolist(), 7)},
+                },
             )
             grad_rows, weight_rows, act_rows = [], [], []
             for s in chunk:
@@ -123,40 +120,30 @@ def write_log(path: Path, steps: int, layers: int, width: int = 64) -> None:
                     act_rows.append((s, [rounded([0.1, 1.0, 4.0, 0.5, float("nan"), 0.02], 5) for _ in modules]))
             if grad_rows:
                 out.write(
-                    json.dumps(
-                        {"kind": schema.GRADS, "step": [s for s, _ in grad_rows], "norm": [r for _, r in grad_rows]},
-                        separators=(",", ":"),
-                    )
-                    + "\n"
+                    {"kind": schema.GRADS, "step": [s for s, _ in grad_rows], "norm": [r for _, r in grad_rows]},
                 )
             if weight_rows:
                 out.write(
-                    json.dumps(
-                        {
-                            "kind": schema.WEIGHTS,
-                            "step": [s for s, _, _ in weight_rows],
-                            "norm": [w for _, w, _ in weight_rows],
-                            "update_ratio": [u for _, _, u in weight_rows],
-                        },
-                        separators=(",", ":"),
-                    )
-                    + "\n"
+                    {
+                        "kind": schema.WEIGHTS,
+                        "step": [s for s, _, _ in weight_rows],
+                        "norm": [w for _, w, _ in weight_rows],
+                        "update_ratio": [u for _, _, u in weight_rows],
+                    },
                 )
             if act_rows:
                 out.write(
-                    json.dumps(
-                        {
-                            "kind": schema.ACTIVATIONS,
-                            "step": [s for s, _ in act_rows],
-                            "modules": modules,
-                            "stats": list(schema.ACTIVATION_STATS),
-                            "values": [v for _, v in act_rows],
-                        },
-                        separators=(",", ":"),
-                    )
-                    + "\n"
+                    {
+                        "kind": schema.ACTIVATIONS,
+                        "step": [s for s, _ in act_rows],
+                        "modules": modules,
+                        "stats": list(schema.ACTIVATION_STATS),
+                        "values": [v for _, v in act_rows],
+                    },
                 )
-        out.write(json.dumps({"kind": schema.EVENT, "type": "close", "reason": "clean", "steps": steps}) + "\n")
+        out.write({"kind": schema.EVENT, "type": "close", "reason": "clean", "steps": steps})
+    finally:
+        out.close()
 
 
 def analyze(path: Path, report: Path) -> tuple[float, float, dict]:

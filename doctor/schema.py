@@ -24,8 +24,6 @@ SPECTRA = "spectra"  # largest singular value of recurrent weight matrices (and 
 TRACE = "trace"  # once, after the first forward pass: modules in call order
 EVENT = "event"  # nonfinite, crash, recorder_error, close
 
-RECORD_KINDS = (HEADER, STEPS, GRADS, WEIGHTS, ACTIVATIONS, INPUTS, SPECTRA, TRACE, EVENT)
-
 # Column order of the per-module activation statistics in an ``activations`` record.
 ACTIVATION_STATS = ("mean", "std", "absmax", "zero_frac", "saturated_frac", "dead_frac")
 # Column order of the per-tensor input statistics in an ``inputs`` record.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as _dt
+import math
 import time
 import traceback
 import warnings
@@ -164,9 +165,7 @@ class Run:
         if self.closed:
             return
         self.closed = True
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._handles_off()
         shutdown.unregister(self)
         try:
             atexit.unregister(self._atexit)
@@ -561,7 +560,7 @@ class Run:
             if what in self._nonfinite_seen or series is None:
                 continue
             for step, value in zip(steps, series):
-                if value is not None and not _finite(value):
+                if value is not None and not math.isfinite(value):
                     self._nonfinite_seen.add(what)
                     self._event("nonfinite", what=what, step=step, value=str(value))
                     warnings.warn(f"doctor: non-finite {what} ({value}) at step {step}", RuntimeWarning, stacklevel=2)
@@ -571,7 +570,7 @@ class Run:
         if "parameter" in self._nonfinite_seen:
             return
         for step, row in zip(steps, rows):
-            bad = [self._names[i] for i, v in enumerate(row) if not _finite(v)]
+            bad = [self._names[i] for i, v in enumerate(row) if not math.isfinite(v)]
             if bad:
                 self._nonfinite_seen.add("parameter")
                 self._event("nonfinite", what="parameter_gradient", step=step, params=bad[:20], count=len(bad))
@@ -589,10 +588,6 @@ class Run:
 def _table_values(rows: list[list[list[float]]], present: list[list[bool]]) -> list[list[list[float | None] | None]]:
     """Rows of per-module statistics; a module not seen in a sampled step is null."""
     return [[rounded(cell, 5) if seen else None for cell, seen in zip(row, mask)] for row, mask in zip(rows, present)]
-
-
-def _finite(value: float) -> bool:
-    return value == value and value not in (float("inf"), float("-inf"))
 
 
 def _host_number(value: Any) -> float | None:
