@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as _dt
+import functools
 import math
 import time
 import traceback
@@ -35,6 +36,7 @@ from doctor import schema
 from doctor.errors import UsageError
 from doctor.recorder import shutdown, statistics
 from doctor.recorder.config import RecorderConfig
+from doctor.recorder.hooks import Hook
 from doctor.recorder.summary import activation_kind, describe_model, environment, recorded_modules
 from doctor.recorder.transfer import HostCopy
 from doctor.recorder.writer import LogWriter, rounded
@@ -51,6 +53,17 @@ class _StepRow:
     seconds: float | None = None
     grad_total: torch.Tensor | None = None
     scalars: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
+
+
+def _uninterrupted(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a writing method to its end before a SIGTERM handler may flush (see ``shutdown``)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with shutdown.writing:
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 class Run:
@@ -80,6 +93,9 @@ class Run:
 
         self._names = [n for n, _ in model.named_parameters()]
         self._params = [p for _, p in model.named_parameters()]
+        self._param_ids = {id(p) for p in self._params}
+        self._optimizer_param_count = -1
+        self._skips_noted: set[tuple[str, str]] = set()
         self._device = self._params[0].device if self._params else torch.device("cpu")
         self._modules = recorded_modules(model)
         self._module_kinds = [activation_kind(m) for _, m in self._modules]
@@ -160,6 +176,7 @@ class Run:
         except Exception as exc:  # noqa: BLE001 - never raise into the user's loop
             self._disable("scalars", exc)
 
+    @_uninterrupted
     def close(self, reason: str = "clean") -> None:
         """Flush everything, write the ``close`` event, remove every hook. Safe to call twice."""
         if self.closed:
@@ -179,6 +196,18 @@ class Run:
             except Exception as exc:  # noqa: BLE001
                 self._disable("log", exc)
         self._writer.close()
+
+    def _let_go_after_fork(self) -> None:
+        """In a forked child: stop recording and drop what the parent will write itself."""
+        self.closed = True
+        self._handles_off()
+        self._rows.clear()
+        self._pending.clear()
+        self._grad_rows.clear()
+        self._weight_rows.clear()
+        self._act_rows.clear()
+        self._input_rows.clear()
+        self._spectra_rows.clear()
 
     def __enter__(self) -> Run:
         return self
@@ -210,7 +239,15 @@ class Run:
             return
         self._disabled.add(stat)
         message = f"{type(exc).__name__}: {exc}"[:500]
-        warnings.warn(f"doctor: stopped recording {stat} after an error ({message})", RuntimeWarning, stacklevel=3)
+        if stat == "log":
+            warnings.warn(
+                f"doctor: stopped writing the run log {self.path} ({message}); training goes on, "
+                "and the log keeps everything written before this",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        else:
+            warnings.warn(f"doctor: stopped recording {stat} after an error ({message})", RuntimeWarning, stacklevel=3)
         if stat != "log":
             try:
                 self._event("recorder_error", stat=stat, step=self.step, error=message)
@@ -235,11 +272,11 @@ class Run:
 
     # ------------------------------------------------------------------ hooks
     def _install_hooks(self) -> None:
-        self._handles.append(self.optimizer.register_step_pre_hook(self._before_optimizer_step))
-        self._handles.append(self.optimizer.register_step_post_hook(self._after_optimizer_step))
-        self._handles.append(self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True))
+        self._handles.append(self.optimizer.register_step_pre_hook(Hook(self._before_optimizer_step)))
+        self._handles.append(self.optimizer.register_step_post_hook(Hook(self._after_optimizer_step)))
+        self._handles.append(self.model.register_forward_pre_hook(Hook(self._before_forward), with_kwargs=True))
         for index, (_, module) in enumerate(self._modules):
-            self._handles.append(module.register_forward_hook(self._module_hook(index)))
+            self._handles.append(module.register_forward_hook(Hook(self._module_hook(index))))
 
     def _begin_step(self) -> None:
         self._forward_seen = False
@@ -263,17 +300,23 @@ class Run:
 
     def _module_hook(self, index: int) -> Callable[..., None]:
         kind = self._module_kinds[index]
+        name = self._modules[index][0]
 
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if self.step == 0 and torch.is_grad_enabled() and index not in self._call_order_set:
                 self._call_order_set.add(index)
                 self._call_order.append(index)
-            if not self._capture_acts or index in self._acts or not torch.is_grad_enabled():
+            if not self._capture_acts or not torch.is_grad_enabled():
                 return
             try:
+                if index in self._acts:
+                    self._note_skipped("activations", name, "called more than once per step; statistics describe the first call")
+                    return
                 tensor = _first_floating(output)
-                if tensor is not None:
-                    self._acts[index] = statistics.activation_stats(tensor, kind)
+                if tensor is None:
+                    self._note_skipped("activations", name, f"its output holds no floating-point tensor ({_describe(output)})")
+                    return
+                self._acts[index] = statistics.activation_stats(tensor, kind)
             except Exception as exc:  # noqa: BLE001
                 self._capture_acts = False
                 self._disable("activations", exc)
@@ -307,18 +350,37 @@ class Run:
         self._begin_step()
         if "log" in self._disabled:
             return
-        self._safe("log", self._drain)
+        if self._pending:
+            self._safe("log", self._drain)
         if (
             self.step - self._last_flush_step >= self.config.flush_every
             or time.monotonic() - self._last_flush_time >= self.config.flush_seconds
         ):
             self._safe("log", self._flush)
+            self._safe("log", self._drain)  # on CPU the copy is ready at once; on CUDA it lands a few steps later
 
     # ------------------------------------------------------------------ statistics
     def _record_lr(self, row: _StepRow) -> None:
         groups = self.optimizer.param_groups
         row.lr = [_host_number(g.get("lr")) for g in groups]
         row.wd = [_host_number(g.get("weight_decay", 0.0)) for g in groups]
+        count = sum(len(g["params"]) for g in groups)
+        if count != self._optimizer_param_count:  # param groups added (or replaced) since the last step
+            self._optimizer_param_count = count
+            foreign = sum(1 for g in groups for p in g["params"] if id(p) not in self._param_ids)
+            if foreign:
+                self._note_skipped(
+                    "gradients",
+                    f"{foreign} of {count} optimizer parameters",
+                    "they are in the optimizer but not in the watched model; watch the model that owns them",
+                )
+
+    def _note_skipped(self, stat: str, what: str, reason: str) -> None:
+        """Say once in the log what could not be recorded, so the report can tell which evidence is missing."""
+        if (stat, what) in self._skips_noted:
+            return
+        self._skips_noted.add((stat, what))
+        self._safe("log", lambda: self._event("skipped", stat=stat, what=what, reason=reason, step=self.step))
 
     def _record_grads(self, row: _StepRow) -> None:
         indices, grads = [], []
@@ -405,6 +467,7 @@ class Run:
         return float(value)
 
     # ------------------------------------------------------------------ flushing
+    @_uninterrupted
     def _flush(self, final: bool = False) -> None:
         """Hand a batch of settled steps to the host: one asynchronous copy, no per-step sync."""
         # The last step stays open: its loss is typically logged right after optimizer.step().
@@ -468,6 +531,7 @@ class Run:
         present = [[k in entries for k in keys] for _, entries in rows]
         return table, [s for s, _ in rows], [key_name(k) for k in keys], present
 
+    @_uninterrupted
     def _drain(self, wait: bool = False) -> None:
         """Write every batch whose copy to the host has finished (all of them when ``wait``)."""
         while self._pending and (wait or self._pending[0].ready()):
@@ -581,6 +645,7 @@ class Run:
                 )
                 return
 
+    @_uninterrupted
     def _event(self, type_: str, **fields: Any) -> None:
         self._writer.write({"kind": schema.EVENT, "type": type_, "time": round(time.time(), 3), **fields})
 
@@ -600,16 +665,26 @@ def _host_number(value: Any) -> float | None:
 
 
 def _first_floating(output: Any) -> torch.Tensor | None:
-    """The tensor to describe: the output itself, a PackedSequence's data, or the first element of a tuple."""
+    """The tensor to describe: the output itself, a PackedSequence's data, or the first floating tensor in a tuple/dict."""
     if isinstance(output, torch.Tensor):
         return output if output.is_floating_point() and output.numel() > 0 else None
     if isinstance(output, nn.utils.rnn.PackedSequence):
         return _first_floating(output.data)
-    if isinstance(output, (tuple, list)) and output:
-        return _first_floating(output[0])
-    if isinstance(output, dict) and output:
-        return _first_floating(next(iter(output.values())))
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        for item in output[:8]:
+            found = _first_floating(item)
+            if found is not None:
+                return found
     return None
+
+
+def _describe(output: Any) -> str:
+    """A few words on an output the recorder cannot describe, for the ``skipped`` event."""
+    if isinstance(output, torch.Tensor):
+        return "an empty tensor" if output.numel() == 0 else f"a {str(output.dtype).removeprefix('torch.')} tensor"
+    return "None" if output is None else f"a {type(output).__name__}"
 
 
 def _floating_tensors(args: tuple, kwargs: dict, limit: int) -> list[tuple[str, torch.Tensor]]:
