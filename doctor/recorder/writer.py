@@ -3,6 +3,13 @@
 Each record is encoded to one line and handed to the OS at once (write + flush),
 so a process killed at any moment leaves every earlier record intact and at
 most one partial last line, which the reader drops.
+
+Only the process that opened the log writes to it: a forked child (a DataLoader
+worker, a multiprocessing pool) inherits the open file but its writes are
+dropped, so the parent's log never gets duplicated or interleaved records.
+Before each record the writer checks that the path still names its file; a log
+deleted or replaced mid-run raises ``LogFileGone`` instead of writing into an
+unlinked inode nobody will ever read.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ def rounded(values: list[float | None], digits: int = 6, no_value: float | None 
     return out
 
 
+class LogFileGone(OSError):
+    """The log file was deleted or replaced while the run was writing it."""
+
+
 class LogWriter:
     """Owns the log file: validated at open, one line per record, fsync on close."""
 
@@ -44,6 +55,8 @@ class LogWriter:
                 "pass a writable path as doctor.watch(..., log='runs/name.log')"
             ) from None
         self.bytes_written = 0
+        self._owner_pid = os.getpid()
+        self._identity = _identity(os.fstat(self._file.fileno()))
 
     @property
     def closed(self) -> bool:
@@ -51,18 +64,35 @@ class LogWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         """Encode one record as a single line and hand it to the OS (raises OSError on disk errors)."""
+        if os.getpid() != self._owner_pid:
+            return
+        try:
+            on_disk = _identity(os.stat(self.path))
+        except FileNotFoundError:
+            on_disk = None
+        if on_disk != self._identity:
+            raise LogFileGone(f"the log file {self.path} was deleted or replaced during the run")
         line = json.dumps(record, separators=(",", ":"), allow_nan=True, ensure_ascii=False) + "\n"
         self._file.write(line)
         self._file.flush()
         self.bytes_written += len(line)
 
     def close(self) -> None:
+        """fsync and close; never raises (a full disk has already been reported by ``write``)."""
         if self._file.closed:
             return
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            if os.getpid() == self._owner_pid:  # a forked child only drops its copy of the descriptor
+                self._file.flush()
+                os.fsync(self._file.fileno())
         except OSError:
             pass
         finally:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return (stat.st_dev, stat.st_ino)
