@@ -42,7 +42,7 @@ class RunView:
         params: one row per parameter (module, shape, numel, group, weight_decay, recurrent ...).
         modules: one row per module (type, activation kind, order, leaf).
         call_order: recorded modules in the order the first forward pass called them.
-        events: event records (nonfinite, crash, recorder_error, close), in order.
+        events: event records (nonfinite, crash, recorder_error, skipped, close), in order.
         nonfinite: column of ``steps`` -> steps where a logged value was NaN/Inf
             (told apart from values that were not logged, which are also NaN in ``steps``).
         truncated: the log ends without a ``close`` event (killed or crashed run).
@@ -198,6 +198,7 @@ def _build_view(path: str, header: dict[str, Any], records: list[dict[str, Any]]
     param_names = list(params.index)
     events = [e for e in by_kind.get(schema.EVENT, []) if isinstance(e.get("type"), str)]
     closed = any(e.get("type") == "close" for e in events)
+    notes += _recorder_notes(events)
     if not closed:
         notes.append("the log has no close event: the run was killed or is still running; analyzed up to its last record")
     trace = by_kind.get(schema.TRACE, [])
@@ -228,6 +229,19 @@ def _build_view(path: str, header: dict[str, Any], records: list[dict[str, Any]]
         truncated=not closed,
         notes=notes,
     )
+
+
+def _recorder_notes(events: list[dict[str, Any]]) -> list[str]:
+    """What the recorder could not record, in words, so the report says which evidence is missing and why."""
+    notes = []
+    for e in events:
+        if e["type"] == "recorder_error":
+            notes.append(
+                f"the recorder stopped recording {e.get('stat')} at step {e.get('step')} after an error: {e.get('error')}"
+            )
+        elif e["type"] == "skipped":
+            notes.append(f"not recorded: {e.get('stat')} of {e.get('what')} ({e.get('reason')})")
+    return notes
 
 
 def _finite(x: Any) -> bool:

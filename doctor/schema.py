@@ -22,7 +22,7 @@ ACTIVATIONS = "activations"  # per-module output statistics on sampled steps
 INPUTS = "inputs"  # model input statistics on sampled steps
 SPECTRA = "spectra"  # largest singular value of recurrent weight matrices (and gate blocks)
 TRACE = "trace"  # once, after the first forward pass: modules in call order
-EVENT = "event"  # nonfinite, crash, recorder_error, close
+EVENT = "event"  # nonfinite, crash, recorder_error, skipped, close
 
 # Column order of the per-module activation statistics in an ``activations`` record.
 ACTIVATION_STATS = ("mean", "std", "absmax", "zero_frac", "saturated_frac", "dead_frac")
