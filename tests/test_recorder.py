@@ -5,10 +5,9 @@ from __future__ import annotations
 import gc
 import json
 import math
-import signal
+import os
 import subprocess
 import sys
-import textwrap
 import warnings
 from pathlib import Path
 
@@ -261,34 +260,6 @@ def test_non_finite_values_round_trip(tmp_path, tiny_mlp):
     assert view.nonfinite["loss"] == [1, 2] and view.nonfinite["reward"] == [1, 2]
 
 
-def _train_then_signal(log: Path, sig: signal.Signals, **options) -> int:
-    """Train in a child process that sends itself ``sig`` after step 57; return its exit status."""
-    script = textwrap.dedent(
-        f"""
-        import os, signal, sys, torch
-        sys.path.insert(0, {str(REPO)!r})
-        import doctor
-        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        run = doctor.watch(model, opt, log={str(log)!r}, **{options!r})
-        for step in range(1000):
-            loss = model(torch.randn(8, 6)).pow(2).mean()
-            opt.zero_grad(); loss.backward(); opt.step(); run.log(loss=loss)
-            if step == 57:
-                os.kill(os.getpid(), {int(sig)})
-        """
-    )
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120).returncode
-
-
-def test_a_run_killed_with_sigkill_leaves_a_readable_log(tmp_path):
-    assert _train_then_signal(tmp_path / "killed.log", signal.SIGKILL, flush_every=10) == -signal.SIGKILL
-    view = load_run(tmp_path / "killed.log")
-    assert view.truncated
-    assert 40 <= view.num_steps <= 58  # everything up to the last flush survives
-    assert view.loss.notna().all()
-
-
 def test_gradients_are_recorded_unscaled_under_grad_scaler(tmp_path, tiny_mlp):
     optimizer = torch.optim.SGD(tiny_mlp.parameters(), lr=0.01)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
@@ -320,15 +291,15 @@ def test_non_finite_loss_warns_once_while_training(tmp_path, tiny_mlp):
                 run.log(loss=loss * float("nan") if step == 3 else loss)
 
 
-def test_sigterm_flushes_everything_then_stops_the_process(tmp_path):
-    status = _train_then_signal(tmp_path / "term.log", signal.SIGTERM, flush_every=10_000, flush_seconds=1e9)
-    assert status == -signal.SIGTERM  # the process still stops the way it would have
-    view = load_run(tmp_path / "term.log")
-    assert view.num_steps == 58 and view.loss.size == 58  # nothing buffered was lost
-    assert view.events_of("close")[0]["reason"] == "SIGTERM" and not view.truncated
+def _rss_mb() -> float | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return None
 
 
-def test_memory_stays_flat_and_no_activation_is_kept(tmp_path):
+def test_memory_stays_flat_over_2000_steps_and_no_activation_is_kept(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
@@ -340,17 +311,22 @@ def test_memory_stays_flat_and_no_activation_is_kept(tmp_path):
             warnings.simplefilter("ignore")
             return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
 
-    counts = []
+    counts, rss = [], []
     with doctor.watch(model, optimizer, log=tmp_path / "m.log", flush_every=50, activation_every=1) as run:
-        for step in range(1000):
+        for step in range(2000):
             loss = nn.functional.cross_entropy(model(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             run.log(loss=loss)
-            if step in (199, 999):
+            if step in (499, 1999):
                 counts.append(live_tensors())
+                rss.append(_rss_mb())
     assert counts[1] - counts[0] < 50  # bounded buffers, not one tensor per step
+    if rss[0] is not None:
+        assert rss[1] - rss[0] < 8, f"RSS grew {rss[1] - rss[0]:.1f} MB over 1,500 recorded steps"
+    assert run.hook_count == 0 and not optimizer._optimizer_step_pre_hooks
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 def test_schedule_keeps_a_100k_step_log_bounded():
