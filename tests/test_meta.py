@@ -59,3 +59,29 @@ def test_every_rule_has_a_positive_scenario(rules):
 def test_rules_doc_is_generated_and_current(rules):
     committed = (Path(__file__).resolve().parents[1] / "docs" / "rules.md").read_text(encoding="utf-8")
     assert committed == rules_markdown(rules), "docs/rules.md is stale: run make docs"
+
+
+UNSAFE_MODULES = {"pickle", "cPickle", "dill", "marshal", "shelve", "joblib"}
+UNSAFE_CALLS = {"eval", "exec", "load_pickle", "read_pickle"}
+
+
+def test_nothing_a_log_contains_is_ever_executed_or_unpickled():
+    """The analysis side reads logs as JSON only: no pickle, eval, exec or torch.load anywhere in the package."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    offences = []
+    for path in [*root.joinpath("doctor").rglob("*.py"), *root.joinpath("rules").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                offences += [f"{path.name}: import {a.name}" for a in node.names if a.name.split(".")[0] in UNSAFE_MODULES]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in UNSAFE_MODULES:
+                offences.append(f"{path.name}: from {node.module} import")
+            elif isinstance(node, ast.Call):
+                func = node.func
+                name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+                owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
+                loads = owner in ("torch", "np") and name == "load"
+                if name in UNSAFE_CALLS or (not owner and name == "compile") or loads:
+                    offences.append(f"{path.name}:{node.lineno}: {owner + '.' if owner else ''}{name}()")
+    assert offences == []
