@@ -133,9 +133,10 @@ def analyze(
 
 def _print_analysis(console: Console, analysis) -> None:  # noqa: ANN001 - Analysis, imported lazily
     ident = analysis.run.identity()
+    source = analysis.run.header.get("source")
+    parts = [ident["model"], ident["optimizer"], f"{ident['steps']:,} steps", ident["device"], source]
     console.print(
-        f"[bold]{escape(ident['name'])}[/]  {escape(str(ident['model']))} · {escape(str(ident['optimizer']))} · "
-        f"{ident['steps']:,} steps · {escape(str(ident['device']))}"
+        f"[bold]{escape(ident['name'])}[/]  " + " · ".join(escape(str(p)) for p in parts if p)
         + (" · [yellow]log truncated[/]" if ident["truncated"] else "")
     )
     console.print(escape(analysis.verdict()))
@@ -147,8 +148,14 @@ def _print_analysis(console: Console, analysis) -> None:  # noqa: ANN001 - Analy
             console.print(f"           [dim]consequence: {escape(c.rule)}: {escape(c.summary)}[/]")
         for i, fix in enumerate(f.fixes[:3], 1):
             console.print(f"           {i}. {escape(fix.text)} [dim]({escape(fix.source.cite())})[/]")
-    for s in analysis.skipped:
-        console.print(f"  [dim]skipped {escape(s['rule'])}: {escape(s['reason'])}[/]")
+    if source and analysis.skipped:  # a log recorded without doctor: one line, the report has each reason
+        ids = ", ".join(s["rule"] for s in analysis.skipped)
+        console.print(
+            f"  [dim]skipped {len(analysis.skipped)} rules for lack of data ({escape(ids)}); the report says what each needs[/]"
+        )
+    else:
+        for s in analysis.skipped:
+            console.print(f"  [dim]skipped {escape(s['rule'])}: {escape(s['reason'])}[/]")
     for e in analysis.rule_errors:
         console.print(f"  [red]rule {escape(e['rule'])} failed: {escape(e['error'])}[/]")
     for note in analysis.run.notes:

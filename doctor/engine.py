@@ -153,6 +153,8 @@ class Analysis:
         counts = self.counts()
         if not any(counts[s] for s in ("error", "warning")):
             extra = f" ({counts['info']} note{'s' if counts['info'] != 1 else ''})" if counts["info"] else ""
+            if len(self.skipped) > len(self.rules_run):  # most rules had no data: do not claim health
+                return f"No problems found by the {len(self.rules_run)} rules this log has data for{extra}."
             return f"Healthy: no problems found{extra}."
         parts = [f"{counts[s]} {s}{'s' if counts[s] != 1 else ''}" for s in SEVERITIES if counts[s]]
         top = [f for f in self.findings if f.severity in ("error", "warning")][:3]
@@ -180,6 +182,9 @@ def analyze(run: RunView, rules: list[type[Rule]], thresholds: dict[str, Any] | 
         missing = [r for r in rule_cls.requires if not run.has(r)]
         if missing:
             needs = "; ".join(REQUIREMENTS.get(m, m) for m in missing)
+            source = run.header.get("source")
+            if source:  # a log recorded without doctor: say how to get the data
+                needs += f"; this log was read from {source}: record the run with doctor.watch(model, optimizer) to get it"
             analysis.skipped.append({"rule": rule_cls.id, "reason": f"needs {needs}"})
             continue
         try:

@@ -124,12 +124,17 @@ class RunView:
 
 
 def load_run(path: str | Path) -> RunView:
-    """Read one run log. Raises :class:`LogFormatError` (one-line message) for anything unreadable."""
+    """Read one run log, or a log recorded without doctor (TensorBoard, CSV, JSON Lines: see ``importers``).
+
+    Raises :class:`LogFormatError` (one-line message) for anything unreadable.
+    """
+    from doctor import importers
+
     path = Path(path)
     if not path.exists():
         raise LogFormatError(f"no such file: '{path}'")
-    if path.is_dir():
-        raise LogFormatError(f"'{path}' is a directory; expected a run log written by doctor.watch(...)")
+    if importers.is_external(path):
+        return importers.load_external(path)
     try:
         size = path.stat().st_size
         if size > MAX_LOG_BYTES:
@@ -228,6 +233,26 @@ def _build_view(path: str, header: dict[str, Any], records: list[dict[str, Any]]
         events=events,
         truncated=not closed,
         notes=notes,
+    )
+
+
+def empty_view(path: str, header: dict[str, Any], steps: pd.DataFrame) -> RunView:
+    """A view holding only step-indexed scalars (a log recorded without doctor.watch)."""
+    return RunView(
+        path=path,
+        header=header,
+        steps=steps,
+        grad_norms=pd.DataFrame(),
+        weight_norms=pd.DataFrame(),
+        update_ratios=pd.DataFrame(),
+        activations={},
+        inputs={},
+        spectra=pd.DataFrame(),
+        params=_params_frame(None),
+        modules=_modules_frame(None),
+        call_order=[],
+        events=[],
+        truncated=False,
     )
 
 

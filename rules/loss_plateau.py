@@ -24,7 +24,9 @@ Thresholds:
     below 1e-5 means the rate is far too low (healthy runs: 1e-5 to 1e-2).
 
 Known false positives:
-    A run resumed from a converged checkpoint is flat by design.
+    A run resumed from a converged checkpoint is flat by design. On a log without
+    per-layer gradients (TensorBoard, CSV) the gradient check cannot run, so a
+    vanishing gradient is reported as a plateau, with that caveat.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class LossPlateau(Rule):
     id = "loss_plateau"
     title = "Loss plateau from the start"
     severity = "warning"
-    requires = ("loss", "grad_norms")
+    requires = ("loss",)
     Thresholds = Thresholds
     fixes = (fixes.OVERFIT_TINY_BATCH, fixes.RAISE_LR)
 
@@ -59,15 +61,19 @@ class LossPlateau(Rule):
             return []
         start, end = ends(loss, minimum=5)
         change = (start - end) / abs(start) if start else 0.0
-        if change >= t.min_change or not self._gradients_healthy(run, t):
+        gradients_known = not run.grad_norms.empty
+        if change >= t.min_change or (gradients_known and not self._gradients_healthy(run, t)):
             return []
         lr = run.steps["lr"].dropna() if "lr" in run.steps else None
         if lr is not None and len(lr) and float(lr.iloc[-1]) < 0.05 * float(lr.max()):
             return []  # the rate collapsed: lr_decay_too_fast's case
         update = median_update_ratio(run)
         evidence = {"loss_start": start, "loss_end": end, "relative_change": change}
-        summary = (
-            f"The loss moved {fmt(100 * change)}% over {len(loss):,} steps ({fmt(start)} -> {fmt(end)}) with healthy gradients"
+        summary = f"The loss moved {fmt(100 * change)}% over {len(loss):,} steps ({fmt(start)} -> {fmt(end)})"
+        summary += (
+            " with healthy gradients"
+            if gradients_known
+            else " (the log has no per-layer gradients, so a vanishing gradient is not ruled out: record with doctor.watch)"
         )
         ranked = list(self.fixes)
         if update is not None:

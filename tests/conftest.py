@@ -53,6 +53,21 @@ def zoo_analysis(zoo_log, rules):
 
 
 @pytest.fixture
+def cli():
+    """Invoke the command line in-process, as a user's terminal would (no colour, 120 columns)."""
+    from typer.testing import CliRunner
+
+    from doctor.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(app, list(map(str, args)), env={"COLUMNS": "120", "NO_COLOR": "1", "TERM": "dumb"})
+
+    return invoke
+
+
+@pytest.fixture
 def tiny_mlp():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))

@@ -8,21 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from doctor.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def cli():
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(app, list(map(str, args)), env={"COLUMNS": "120", "NO_COLOR": "1", "TERM": "dumb"})
-
-    return invoke
 
 
 def test_analyze_json_has_identity_findings_and_citations(cli, zoo_log, tmp_path):
@@ -94,6 +81,8 @@ def _bad_inputs(tmp_path):
     text.write_text("hello\nworld\n")
     json_other = tmp_path / "other.jsonl"
     json_other.write_text('{"a": 1}\n')
+    json_other_log = tmp_path / "other.log"
+    json_other_log.write_text('{"a": 1}\n')
     newer = tmp_path / "newer.log"
     newer.write_text(json.dumps({"kind": "header", "format": "training-doctor-run-log", "schema": 99}) + "\n")
     binary = tmp_path / "bin.log"
@@ -101,15 +90,16 @@ def _bad_inputs(tmp_path):
     return {
         "empty": (empty, "is empty"),
         "text": (text, "is not a doctor run log"),
-        "other json": (json_other, "no doctor header"),
+        "other json": (json_other, "no step column"),
+        "other json log": (json_other_log, "no doctor header"),
         "newer": (newer, "newer than this doctor reads"),
         "binary": (binary, "is not a doctor run log"),
         "missing": (tmp_path / "missing.log", "no such file"),
-        "directory": (tmp_path, "is a directory"),
+        "directory": (tmp_path, "without TensorBoard event files"),
     }
 
 
-@pytest.mark.parametrize("case", ["empty", "text", "other json", "newer", "binary", "missing", "directory"])
+@pytest.mark.parametrize("case", ["empty", "text", "other json", "other json log", "newer", "binary", "missing", "directory"])
 def test_bad_input_is_a_one_line_error_with_exit_code_2(cli, tmp_path, case):
     path, message = _bad_inputs(tmp_path)[case]
     result = cli("analyze", path, "--no-report")

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from doctor.engine import analyze
 from doctor.errors import LogFormatError
-from doctor.loader import parse_run
+from doctor.loader import load_run, parse_run
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -115,3 +115,30 @@ def test_unknown_schema_versions(rules):
     for version in (0, -1, "1", None, 2**70):
         raw = json.dumps({"kind": "header", "format": "training-doctor-run-log", "schema": version}).encode() + b"\n"
         _analyze_or_reject(raw, rules)
+
+
+_CELLS = st.one_of(
+    st.sampled_from(["", "nan", "inf", "-inf", "NaN", "1e308", "-0", "x", "1,5", '"q"']),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.text(max_size=6),
+)
+_HEADERS = st.lists(st.sampled_from(["step", "epoch", "loss", "val_loss", "lr-Adam", "train/loss", "x", ""]), max_size=5)
+
+
+@SETTINGS
+@given(_HEADERS, st.lists(st.lists(_CELLS, max_size=6), max_size=30), st.sampled_from(["metrics.csv", "s.jsonl"]))
+def test_external_logs_give_a_view_or_a_one_line_error(tmp_path_factory, rules, header, rows, name):
+    """CSV and JSON Lines from other tools: any header, any cells, ragged rows."""
+    path = tmp_path_factory.mktemp("ext") / name
+    if name.endswith(".csv"):
+        path.write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
+    else:
+        path.write_text("\n".join(json.dumps(dict(zip(header, r))) for r in rows) + "\n")
+    try:
+        view = load_run(path)
+    except LogFormatError as exc:
+        assert "\n" not in str(exc)
+        return
+    result = analyze(view, rules)
+    assert not result.rule_errors, result.rule_errors
