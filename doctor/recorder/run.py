@@ -213,19 +213,26 @@ class Run:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc_type is not None and "log" not in self._disabled:
-            self._safe(
-                "log",
-                lambda: self._event(
-                    "crash",
-                    step=self.step,
-                    error=exc_type.__name__,
-                    message=str(exc)[:2000],
-                    where="".join(traceback.format_tb(tb, limit=-3))[-2000:] if tb else "",
-                ),
-            )
+        if exc is not None:
+            self.record_crash(exc)
         self.close(reason="exception" if exc_type is not None else "clean")
         return False
+
+    def record_crash(self, exc: BaseException) -> None:
+        """Write a ``crash`` event (type, message, where, step); integrations call it from their exception hooks."""
+        if self.closed or "log" in self._disabled:
+            return
+        tb = exc.__traceback__
+        self._safe(
+            "log",
+            lambda: self._event(
+                "crash",
+                step=self.step,
+                error=type(exc).__name__,
+                message=str(exc)[:2000],
+                where="".join(traceback.format_tb(tb, limit=-3))[-2000:] if tb else "",
+            ),
+        )
 
     @property
     def hook_count(self) -> int:
@@ -696,7 +703,7 @@ def _floating_tensors(args: tuple, kwargs: dict, limit: int) -> list[tuple[str, 
         if isinstance(value, nn.utils.rnn.PackedSequence):
             value = value.data
         if isinstance(value, torch.Tensor):
-            if value.is_floating_point() and value.numel() > 0:
+            if value.is_floating_point() and value.dim() > 0 and value.numel() > 0:  # a 0-d tensor is a count, not data
                 found.append((key, value))
         elif isinstance(value, (tuple, list)):
             for i, v in enumerate(value):
