@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["watch", "Run", "Finding", "Fix", "Rule", "DoctorError", "__version__"]
+__all__ = ["watch", "Run", "Finding", "Fix", "Rule", "DoctorError", "NonFiniteError", "__version__"]
 
 if TYPE_CHECKING:
-    from doctor.errors import DoctorError
+    from doctor.errors import DoctorError, NonFiniteError
     from doctor.findings import Finding, Fix
     from doctor.recorder.run import Run
     from doctor.rule import Rule
@@ -48,8 +48,8 @@ def __getattr__(name: str) -> Any:
         from doctor.rule import Rule
 
         return Rule
-    if name == "DoctorError":
-        from doctor.errors import DoctorError
+    if name in ("DoctorError", "NonFiniteError"):
+        from doctor import errors
 
-        return DoctorError
+        return getattr(errors, name)
     raise AttributeError(f"module 'doctor' has no attribute {name!r}")

@@ -19,3 +19,7 @@ class LogFormatError(DoctorError):
 
 class ThresholdError(UsageError):
     """A threshold override names an unknown rule or field, or has the wrong type."""
+
+
+class NonFiniteError(DoctorError, FloatingPointError):
+    """Raised into the training loop by ``doctor.watch(..., on_nonfinite="raise")`` once the log is flushed."""

@@ -81,7 +81,7 @@ class RunView:
 
     def has(self, data: str) -> bool:
         """Whether the log holds ``data`` (a name used in a rule's ``requires``)."""
-        if data in ("loss", "val_loss", "lr", "grad_norm"):
+        if data in ("loss", "val_loss", "lr", "grad_norm", "amp_skipped"):
             return data in self.steps and self.steps[data].notna().any()
         if data == "activations":
             return bool(self.activations) and not self.activations["std"].empty

@@ -40,6 +40,7 @@ REQUIREMENTS = {
     "activations": "activation statistics (doctor.watch with activation_every > 0)",
     "inputs": "model input statistics (doctor.watch with input_every > 0)",
     "spectra": "singular values of recurrent weights (an RNN/LSTM/GRU and spectral_every > 0)",
+    "amp_skipped": "GradScaler's skipped iterations (pass the scaler: doctor.watch(..., scaler=scaler))",
     "model": "the model summary in the log header (recorded by doctor.watch)",
     "optimizer": "the optimizer summary in the log header (recorded by doctor.watch)",
 }

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from doctor import schema
-from doctor.errors import UsageError
+from doctor.errors import NonFiniteError, UsageError
 from doctor.recorder import shutdown, statistics
 from doctor.recorder.config import RecorderConfig
 from doctor.recorder.hooks import Hook
@@ -52,6 +52,7 @@ class _StepRow:
     wd: list[float] | None = None
     seconds: float | None = None
     grad_total: torch.Tensor | None = None
+    amp_skipped: int | None = None  # iterations GradScaler skipped (inf/nan gradients) before this step ran
     scalars: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
 
 
@@ -76,12 +77,19 @@ class Run:
         log: str | Path | None = None,
         *,
         name: str | None = None,
+        scaler: Any = None,
+        on_nonfinite: str = "warn",
         **options: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise UsageError(f"doctor.watch expects an nn.Module as model, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise UsageError(f"doctor.watch expects a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if on_nonfinite not in ("warn", "raise"):
+            raise UsageError(f"doctor.watch on_nonfinite expects 'warn' or 'raise', got {on_nonfinite!r}")
+        if scaler is not None and not callable(getattr(scaler, "update", None)):
+            raise UsageError(f"doctor.watch scaler expects a torch.amp.GradScaler, got {type(scaler).__name__}")
+        self.on_nonfinite = on_nonfinite
         self.config = RecorderConfig.from_options(options)
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.path = Path(log) if log is not None else Path("runs") / f"{name or 'run'}-{stamp}.log"
@@ -129,10 +137,13 @@ class Run:
         self._call_order: list[int] = []
         self._call_order_set: set[int] = set()
         self._nonfinite_seen: set[str] = set()
+        self._alarm: tuple[int, str] | None = None  # the first non-finite value seen in a flushed batch
+        self._alarm_sounded = False
         self._last_step_time = time.perf_counter()
         self._last_flush_time = time.monotonic()
         self._last_flush_step = 0
         self._handles: list[Any] = []
+        self._scaler_update: tuple[Any, Any] | None = None
 
         self._writer.write(
             {
@@ -150,6 +161,8 @@ class Run:
             }
         )
         self._install_hooks()
+        if scaler is not None:
+            self._watch_scaler(scaler)
         self._begin_step()
         ref = weakref.ref(self)
         self._atexit = lambda: (r := ref()) is not None and r.close(reason="interpreter exit")
@@ -196,6 +209,9 @@ class Run:
             except Exception as exc:  # noqa: BLE001
                 self._disable("log", exc)
         self._writer.close()
+        if self._alarm is not None and not self._alarm_sounded:  # found in the last batch: warn, never raise here
+            self._alarm_sounded = True
+            warnings.warn(f"doctor: {self._alarm[1]}", RuntimeWarning, stacklevel=2)
 
     def _let_go_after_fork(self) -> None:
         """In a forked child: stop recording and drop what the parent will write itself."""
@@ -267,6 +283,10 @@ class Run:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._scaler_update is not None:
+            scaler, _ = self._scaler_update
+            scaler.__dict__.pop("update", None)  # the class's own update() again
+            self._scaler_update = None
 
     def _safe(self, stat: str, fn: Callable[[], Any]) -> Any:
         if stat in self._disabled:
@@ -284,6 +304,39 @@ class Run:
         self._handles.append(self.model.register_forward_pre_hook(Hook(self._before_forward), with_kwargs=True))
         for index, (_, module) in enumerate(self._modules):
             self._handles.append(module.register_forward_hook(Hook(self._module_hook(index))))
+
+    def _watch_scaler(self, scaler: Any) -> None:
+        """Wrap ``scaler.update`` (on this instance only) to count the iterations GradScaler skipped.
+
+        GradScaler skips ``optimizer.step()`` when it finds inf/nan gradients, so the optimizer hooks never see
+        those iterations. ``update()`` runs once per iteration either way: an update with no optimizer step since
+        the previous one is a skipped iteration. Only host-side counters are compared; the scale itself is copied
+        on the device and read at the next flush.
+        """
+        original = scaler.update
+        self._steps_at_update = self.step
+
+        def update(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            if not self.closed:
+                self._safe("amp", lambda: self._after_scaler_update(scaler))
+            return result
+
+        scaler.update = update
+        self._scaler_update = (scaler, original)
+
+    def _after_scaler_update(self, scaler: Any) -> None:
+        """Count a skipped iteration on the step still to come, or mark the step just taken as not skipped."""
+        if self.step == self._steps_at_update:  # no optimizer step since the last update: this one was skipped
+            row = self._rows[self.step]
+            row.amp_skipped = (row.amp_skipped or 0) + 1
+        else:
+            row = self._rows[self.step - 1]
+            row.amp_skipped = row.amp_skipped or 0
+        self._steps_at_update = self.step
+        scale = getattr(scaler, "_scale", None)
+        if isinstance(scale, torch.Tensor):  # updated in place by the scaler: keep a copy, on the device
+            row.scalars["amp_scale"] = [scale.detach().reshape(()).float().clone()]
 
     def _begin_step(self) -> None:
         self._forward_seen = False
@@ -365,6 +418,8 @@ class Run:
         ):
             self._safe("log", self._flush)
             self._safe("log", self._drain)  # on CPU the copy is ready at once; on CUDA it lands a few steps later
+        if self._alarm is not None and not self._alarm_sounded:
+            self._sound_alarm()  # the one place doctor may raise into the loop: on_nonfinite="raise" asked for it
 
     # ------------------------------------------------------------------ statistics
     def _record_lr(self, row: _StepRow) -> None:
@@ -566,6 +621,8 @@ class Run:
                     else:
                         column.append(None)
                 scalars[key] = rounded(column, 7)
+            if any(r.amp_skipped is not None for r in rows):
+                scalars["amp_skipped"] = [None if r.amp_skipped is None else float(r.amp_skipped) for r in rows]
             self._writer.write(
                 {
                     "kind": schema.STEPS,
@@ -627,6 +684,7 @@ class Run:
             )
 
     def _check_nonfinite(self, steps: list[int], loss: list[float | None] | None, grad_total: list) -> None:
+        """Record the first non-finite loss and global gradient norm (an event each); warn once about the first."""
         for what, series in (("loss", loss), ("gradient", grad_total)):
             if what in self._nonfinite_seen or series is None:
                 continue
@@ -634,7 +692,7 @@ class Run:
                 if value is not None and not math.isfinite(value):
                     self._nonfinite_seen.add(what)
                     self._event("nonfinite", what=what, step=step, value=str(value))
-                    warnings.warn(f"doctor: non-finite {what} ({value}) at step {step}", RuntimeWarning, stacklevel=2)
+                    self._alarm = self._alarm or (step, f"non-finite {what} ({value}) at step {step}")
                     break
 
     def _check_nonfinite_params(self, steps: list[int], rows: list[list[float]]) -> None:
@@ -645,12 +703,20 @@ class Run:
             if bad:
                 self._nonfinite_seen.add("parameter")
                 self._event("nonfinite", what="parameter_gradient", step=step, params=bad[:20], count=len(bad))
-                warnings.warn(
-                    f"doctor: non-finite gradient at step {step} in {len(bad)} parameter(s), first `{bad[0]}`",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                where = f"first bad gradient in {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+                self._alarm = (step, f"{self._alarm[1]}; {where}") if self._alarm else (step, f"{where} at step {step}")
                 return
+
+    def _sound_alarm(self) -> None:
+        """The one live line for the first non-finite value; with ``on_nonfinite="raise"``, flush and stop the run."""
+        if self._alarm is None or self._alarm_sounded:
+            return
+        self._alarm_sounded = True
+        message = f"doctor: {self._alarm[1]}"
+        if self.on_nonfinite == "raise":
+            self.close(reason="nonfinite")
+            raise NonFiniteError(f"{message}; the log {self.path} is flushed and closed")
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     @_uninterrupted
     def _event(self, type_: str, **fields: Any) -> None:
