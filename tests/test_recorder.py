@@ -380,3 +380,60 @@ def test_no_sync_on_cuda(tmp_path):  # pragma: no cover - runs on the GPU machin
     torch.cuda.set_sync_debug_mode(0)
     run.close()
     assert not load_run(tmp_path / "cuda.log").events_of("recorder_error")
+
+
+def test_grad_scaler_skipped_iterations_are_counted_and_training_is_unchanged(tmp_path):
+    def train(watched: bool):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1000)
+        x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+        run = doctor.watch(model, optimizer, log=tmp_path / "amp.log", scaler=scaler, flush_every=7) if watched else None
+        losses = []
+        for i in range(40):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            overflow = math.inf if 10 <= i < 22 else 1.0  # the scaled gradients overflow: GradScaler skips these 12
+            scaler.scale(loss * overflow).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(loss.item())
+            if run:
+                run.log(loss=loss)
+        if run:
+            run.close()
+        return losses, scaler
+
+    plain, _ = train(False)
+    watched, scaler = train(True)
+    assert watched == plain and "update" not in scaler.__dict__  # the wrapper is gone after close()
+    view = load_run(tmp_path / "amp.log")
+    skipped = view.steps["amp_skipped"]
+    assert view.num_steps == 28 and skipped.sum() == 12 and skipped[10] == 12  # 12 skipped before step 10 ran
+    assert view.steps["amp_scale"][9] == 1024 and view.steps["amp_scale"][10] == 2.0**10 / 2**12
+
+
+def test_on_nonfinite_raise_stops_the_run_with_one_clear_exception_after_flushing(tmp_path, tiny_mlp):
+    optimizer = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    run = doctor.watch(tiny_mlp, optimizer, log=tmp_path / "r.log", flush_every=5, on_nonfinite="raise")
+    with pytest.raises(doctor.NonFiniteError) as caught:
+        for step in range(100):
+            optimizer.zero_grad()
+            scale = math.nan if step == 12 else 1.0  # a corrupt batch: NaN loss, NaN gradients
+            loss = nn.functional.cross_entropy(tiny_mlp(x * scale), y)
+            loss.backward()
+            optimizer.step()
+            run.log(loss=loss)
+    message = str(caught.value)
+    assert message.startswith("doctor: non-finite loss (nan) at step 12; first bad gradient in 0.weight (and 3 more)")
+    assert step < 12 + 2 * 5  # stopped within two flush intervals
+    view = load_run(tmp_path / "r.log")
+    assert run.closed and not view.truncated and view.events_of("close")[0]["reason"] == "nonfinite"
+    assert view.nonfinite["loss"][0] == 12
+
+
+def test_a_bad_on_nonfinite_value_is_a_clear_error(tmp_path, tiny_mlp):
+    with pytest.raises(UsageError, match="on_nonfinite expects 'warn' or 'raise'"):
+        doctor.watch(tiny_mlp, torch.optim.SGD(tiny_mlp.parameters(), 0.1), log=tmp_path / "x.log", on_nonfinite="stop")

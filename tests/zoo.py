@@ -438,6 +438,39 @@ def relu_on_logits(log: Path) -> None:
     train_classifier(log, model, torch.optim.Adam(model.parameters(), 1e-3), teacher_data(4096, 1), 300)
 
 
+def train_fp16_regression(log: Path, target_scale: float, reduction: str, steps: int = 300) -> None:
+    """Regression under float16 autocast with GradScaler, the scaler handed to doctor.watch."""
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 1))
+    optimizer = torch.optim.Adam(model.parameters(), 3e-2)
+    scaler = torch.amp.GradScaler("cpu")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(256, 8, generator=g)
+    y = x @ torch.randn(8, 1, generator=g) * target_scale
+    with doctor.watch(model, optimizer, log=log, scaler=scaler) as run:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = nn.functional.mse_loss(model(x), y, reduction=reduction)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            run.log(loss=loss)
+
+
+@scenario("amp_skipped_steps")
+def fp16_overflowing_targets(log: Path) -> None:
+    """Unnormalized regression targets (x1000) and a summed loss under float16: the scaled gradients overflow."""
+    seed()
+    train_fp16_regression(log, target_scale=1e3, reduction="sum")
+
+
+@scenario()
+def healthy_fp16(log: Path) -> None:
+    """The same regression with unit-scale targets and a mean loss: no overflow beyond GradScaler's calibration."""
+    seed()
+    train_fp16_regression(log, target_scale=1.0, reduction="mean")
+
+
 # ----------------------------------------------------------------------------- evaluation
 def record(name: str, directory: Path) -> Path:
     path = Path(directory) / f"{name}.log"
