@@ -28,10 +28,24 @@ def watch(model: Any, optimizer: Any, log: Any = None, **options: Any) -> Run:
 
     Use as a context manager (a crash in the loop is recorded, the log is always
     closed) or call ``close()`` yourself. Options are the fields of
-    :class:`doctor.recorder.config.RecorderConfig` plus ``name``.
+    :class:`doctor.recorder.config.RecorderConfig` plus ``name``, ``scaler`` (a
+    GradScaler, to record skipped steps), ``on_nonfinite`` ("warn" or "raise") and
+    ``all_ranks`` (under DDP every rank writes ``<log>.rank<N>.log``; by default
+    only rank 0 records and the others get a run that does nothing).
     """
+    from doctor.errors import UsageError
+    from doctor.recorder.distributed import InactiveRun, rank_and_world, rank_log_path
     from doctor.recorder.run import Run
 
+    all_ranks = bool(options.pop("all_ranks", False))
+    rank, world = rank_and_world()
+    if world > 1:
+        if rank != 0 and not all_ranks:
+            return InactiveRun()  # type: ignore[return-value]
+        if all_ranks:
+            if log is None:
+                raise UsageError("doctor.watch(..., all_ranks=True) needs log=: every rank derives its log's name from it")
+            log = rank_log_path(log, rank)
     return Run(model, optimizer, log, **options)
 
 

@@ -88,12 +88,12 @@ def analyze(
     """Diagnose run logs: print findings, write an HTML report per run."""
     from doctor.engine import analyze as run_rules
     from doctor.engine import load_rules, resolve_thresholds
-    from doctor.loader import load_run
+    from doctor.loader import load_run, merge_ranks
 
     try:
         rules = load_rules(rules_dirs)
         thresholds = resolve_thresholds(rules, settings, config)
-        analyses = [run_rules(load_run(path), rules, thresholds) for path in logs]
+        analyses = [run_rules(view, rules, thresholds) for view in merge_ranks([load_run(path) for path in logs])]
         reports: list[Path] = []
         if not no_report:
             from doctor.report import write_index, write_report

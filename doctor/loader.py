@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,8 @@ class RunView:
         header: the header record (model, optimizer, environment, config).
         steps: one row per optimizer step (index ``step``): ``loss`` and every logged
             scalar, ``lr`` (group 0), ``lr_g{i}``/``wd_g{i}`` per param group,
-            ``grad_norm`` (global, every step) and ``seconds`` (step wall time).
+            ``grad_norm`` (global, every step), ``seconds`` (step wall time) and ``data_seconds``
+            (from the previous step's end to this step's first forward: waiting for data).
         grad_norms: step x parameter, the max gradient norm over each sampling window.
         weight_norms, update_ratios: step x parameter on sampled steps.
         activations: statistic name -> step x module frame (``mean``, ``std``, ``absmax``,
@@ -47,6 +49,7 @@ class RunView:
             (told apart from values that were not logged, which are also NaN in ``steps``).
         truncated: the log ends without a ``close`` event (killed or crashed run).
         notes: what the reader had to work around, for the report.
+        ranks: for a data-parallel run recorded with all_ranks=True, every rank's view (see ``merge_ranks``).
     """
 
     path: str
@@ -65,6 +68,7 @@ class RunView:
     truncated: bool
     nonfinite: dict[str, list[int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    ranks: dict[int, RunView] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -91,6 +95,8 @@ class RunView:
             return not getattr(self, data).empty
         if data in ("model", "optimizer"):
             return bool(self.header.get(data))
+        if data == "ranks":
+            return len(self.ranks) > 1
         return False
 
     def events_of(self, type_: str) -> list[dict[str, Any]]:
@@ -236,6 +242,38 @@ def _build_view(path: str, header: dict[str, Any], records: list[dict[str, Any]]
     )
 
 
+def merge_ranks(views: list[RunView]) -> list[RunView]:
+    """Logs of one data-parallel run (exp.rank0.log, exp.rank1.log ...) become one view with every rank in ``ranks``.
+
+    The lowest rank present is the view the other rules read (all ranks train the same all-reduced model); the
+    ``rank_drift`` rule compares the ranks. Logs that are not rank logs pass through unchanged, in order.
+    """
+    groups: dict[Any, list[RunView]] = {}
+    for view in views:
+        env = view.header.get("env") if isinstance(view.header.get("env"), dict) else {}
+        match = re.fullmatch(r"(.*)\.rank(\d+)", Path(view.path).stem)
+        rank, world = env.get("rank"), env.get("world_size")
+        ranked = match and isinstance(rank, int) and isinstance(world, int) and int(match.group(2)) == rank
+        key = (str(Path(view.path).parent / match.group(1)), world) if ranked else id(view)
+        groups.setdefault(key, []).append(view)
+    merged = []
+    for key, members in groups.items():
+        if len(members) == 1 or not isinstance(key, tuple):
+            merged.extend(members)
+            continue
+        members.sort(key=lambda v: v.header["env"]["rank"])
+        primary = members[0]
+        primary.ranks = {v.header["env"]["rank"]: v for v in members}
+        primary.header = {**primary.header, "name": Path(key[0]).name}
+        listed = ", ".join(str(r) for r in primary.ranks)
+        primary.notes.append(
+            f"merged the logs of ranks {listed} (world size {key[1]}); rank_drift compares them, "
+            f"the other rules read rank {members[0].header['env']['rank']}"
+        )
+        merged.append(primary)
+    return merged
+
+
 def empty_view(path: str, header: dict[str, Any], steps: pd.DataFrame) -> RunView:
     """A view holding only step-indexed scalars (a log recorded without doctor.watch)."""
     return RunView(
@@ -315,7 +353,7 @@ def _steps_frame(records: Iterable[dict[str, Any]]) -> tuple[pd.DataFrame, dict[
             continue
         n = len(steps)
         columns: dict[str, Any] = {}
-        for key in ("grad_norm", "seconds"):
+        for key in ("grad_norm", "seconds", "data_seconds"):
             values = _as_float_array(record.get(key))
             if values is not None and values.shape == (n,):
                 columns[key] = values

@@ -177,6 +177,12 @@ def chart_figure(run: RunView, chart: Chart) -> dict[str, Any] | None:
             if column in run.steps and run.steps[column].notna().any():
                 s = run.steps[column].dropna()
                 data.append(_line(s.index, s.to_numpy(), column, mode="lines+markers" if len(s) < 60 else "lines"))
+    elif chart.series.startswith("ranks:"):
+        column = chart.series.split(":", 1)[1]
+        for rank, view in sorted(run.ranks.items()):
+            if column in view.steps and view.steps[column].notna().any():
+                s = view.steps[column].dropna()
+                data.append(_line(s.index, s.to_numpy(), f"rank {rank}"))
     elif chart.series.startswith("profile:"):
         frame = run.activations.get(chart.series.split(":", 1)[1])
         if frame is None or frame.empty:

@@ -41,6 +41,8 @@ REQUIREMENTS = {
     "inputs": "model input statistics (doctor.watch with input_every > 0)",
     "spectra": "singular values of recurrent weights (an RNN/LSTM/GRU and spectral_every > 0)",
     "amp_skipped": "GradScaler's skipped iterations (pass the scaler: doctor.watch(..., scaler=scaler))",
+    "ranks": "the logs of several ranks of one data-parallel run (doctor.watch(..., all_ranks=True), then "
+    "doctor analyze exp.rank*.log)",
     "model": "the model summary in the log header (recorded by doctor.watch)",
     "optimizer": "the optimizer summary in the log header (recorded by doctor.watch)",
 }

@@ -51,6 +51,7 @@ class _StepRow:
     lr: list[float] | None = None
     wd: list[float] | None = None
     seconds: float | None = None
+    data_seconds: float | None = None
     grad_total: torch.Tensor | None = None
     amp_skipped: int | None = None  # iterations GradScaler skipped (inf/nan gradients) before this step ran
     scalars: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
@@ -348,6 +349,8 @@ class Run:
     def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if not torch.is_grad_enabled():
             return  # evaluation passes are not training steps
+        if not self._forward_seen:  # time since the last step ended: waiting for data (and host-side work)
+            self._rows[self.step].data_seconds = time.perf_counter() - self._last_step_time
         self._forward_seen = True
         if self._capture_inputs and self._inputs is None:
             self._safe("inputs", lambda: self._record_inputs(args, kwargs))
@@ -630,6 +633,7 @@ class Run:
                     "lr": [r.lr for r in rows],
                     "weight_decay": [r.wd for r in rows],
                     "seconds": [None if r.seconds is None else round(r.seconds, 6) for r in rows],
+                    "data_seconds": [None if r.data_seconds is None else round(r.data_seconds, 6) for r in rows],
                     "grad_norm": rounded(grad_total),
                     "scalars": scalars,
                 }

@@ -157,4 +157,12 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "argv": list(sys.argv),
         "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **_distributed(),
     }
+
+
+def _distributed() -> dict[str, Any]:
+    from doctor.recorder.distributed import rank_and_world
+
+    rank, world = rank_and_world()
+    return {"rank": rank, "world_size": world} if world > 1 else {}
