@@ -8,6 +8,7 @@ are ignored, and anything that is not a doctor log is a one-line
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -259,12 +260,20 @@ def merge_ranks(views: list[RunView]) -> list[RunView]:
     merged = []
     for key, members in groups.items():
         if len(members) == 1 or not isinstance(key, tuple):
+            for view in members:
+                if view.header.get("sharded"):
+                    view.notes.append(
+                        "gradient and weight norms are of this rank's shard only (FSDP): record with all_ranks=True "
+                        "and analyze the rank logs together to get the norms of whole parameters"
+                    )
             merged.extend(members)
             continue
         members.sort(key=lambda v: v.header["env"]["rank"])
-        primary = members[0]
+        primary = dataclasses.replace(members[0], notes=list(members[0].notes))  # ranks keep each log as recorded
         primary.ranks = {v.header["env"]["rank"]: v for v in members}
         primary.header = {**primary.header, "name": Path(key[0]).name}
+        if primary.header.get("sharded"):
+            _combine_shards(primary, members)
         listed = ", ".join(str(r) for r in primary.ranks)
         primary.notes.append(
             f"merged the logs of ranks {listed} (world size {key[1]}); rank_drift compares them, "
@@ -272,6 +281,34 @@ def merge_ranks(views: list[RunView]) -> list[RunView]:
         )
         merged.append(primary)
     return merged
+
+
+def _combine_shards(primary: RunView, members: list[RunView]) -> None:
+    """FSDP: each rank recorded the norms of its own shard; a whole parameter's norm is the root of their squares.
+
+    Gradient norms per parameter are maxima over sampling windows, so after the first 2,048 steps the combined
+    value is an upper bound (each shard's maximum may come from a different step of the window).
+    """
+
+    def root_sum_squares(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        squares = [f.pow(2) for f in frames if not f.empty]
+        if len(squares) < len(frames) or not squares:
+            return frames[0]
+        total = squares[0]
+        for f in squares[1:]:
+            total = total.add(f, fill_value=0.0)
+        return total.pow(0.5)
+
+    weights = root_sum_squares([m.weight_norms for m in members])
+    deltas = root_sum_squares([m.update_ratios * m.weight_norms for m in members])
+    primary.steps = primary.steps.copy()
+    primary.grad_norms = root_sum_squares([m.grad_norms for m in members])
+    primary.weight_norms = weights
+    primary.update_ratios = deltas / weights.where(weights > 0)
+    grad_totals = [m.steps["grad_norm"] for m in members if "grad_norm" in m.steps]
+    if len(grad_totals) == len(members):
+        primary.steps["grad_norm"] = root_sum_squares([g.to_frame() for g in grad_totals]).iloc[:, 0]
+    primary.notes.append("FSDP: norms of whole parameters combined from every rank's shard")
 
 
 def empty_view(path: str, header: dict[str, Any], steps: pd.DataFrame) -> RunView:

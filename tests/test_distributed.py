@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,15 +13,15 @@ import pytest
 from doctor.engine import analyze
 from doctor.loader import load_run, merge_ranks
 
-SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
+SCRIPTS = Path(__file__).parent / "scripts"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _torchrun(log: Path, mode: str) -> str:
+def _torchrun(log: Path, mode: str, script: str = "ddp_train.py") -> str:
     if not __import__("torch").distributed.is_available():
         pytest.skip("torch.distributed is not available")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPTS / script)]
     done = subprocess.run([*command, str(log), mode], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
@@ -67,3 +68,19 @@ def test_a_rank_fed_other_data_and_a_slow_loader_are_found(ddp_logs, rules, cli,
     result = cli("analyze", *logs, "-o", tmp_path / "out")
     assert result.exit_code == 0 and (tmp_path / "out" / "faulty.html").exists()
     assert "rank 1" in (tmp_path / "out" / "faulty.html").read_text()
+
+
+def test_fsdp_shard_norms_are_combined_into_whole_parameter_norms(tmp_path, rules):
+    pytest.importorskip("torch.distributed.fsdp", reason="FSDP is not available")
+    if not hasattr(__import__("torch.distributed.fsdp", fromlist=["x"]), "fully_shard"):
+        pytest.skip("this torch has no FSDP2 fully_shard")
+    out = _torchrun(tmp_path / "fsdp.log", "", script="fsdp_train.py")
+    truth = json.loads(out.strip().splitlines()[-1])
+    shards = [load_run(tmp_path / f"fsdp.rank{r}.log") for r in (0, 1)]
+    assert all(v.header["sharded"] and not v.events_of("recorder_error") for v in shards)
+    assert shards[0].steps["grad_norm"][0] < truth["total"] * 0.99  # one shard alone is not the whole
+    merged = merge_ranks(shards)[0]
+    assert merged.steps["grad_norm"][0] == pytest.approx(truth["total"], rel=1e-5)
+    for name, norm in truth["params"].items():
+        assert merged.grad_norms[name][0] == pytest.approx(norm, rel=1e-5), name
+    assert not [f for f in analyze(merged, rules).findings if f.severity in ("error", "warning")]

@@ -437,3 +437,17 @@ def test_on_nonfinite_raise_stops_the_run_with_one_clear_exception_after_flushin
 def test_a_bad_on_nonfinite_value_is_a_clear_error(tmp_path, tiny_mlp):
     with pytest.raises(UsageError, match="on_nonfinite expects 'warn' or 'raise'"):
         doctor.watch(tiny_mlp, torch.optim.SGD(tiny_mlp.parameters(), 0.1), log=tmp_path / "x.log", on_nonfinite="stop")
+
+
+def test_live_false_keeps_quiet_but_still_records_the_nonfinite_value(tmp_path, tiny_mlp):
+    optimizer = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        with doctor.watch(tiny_mlp, optimizer, log=tmp_path / "q.log", flush_every=5, live=False) as run:
+            for step in range(12):
+                loss = tiny_mlp(torch.randn(4, 6)).sum()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                run.log(loss=loss * float("nan") if step == 3 else loss)
+    assert load_run(tmp_path / "q.log").events_of("nonfinite")[0]["step"] == 3

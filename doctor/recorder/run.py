@@ -80,6 +80,7 @@ class Run:
         name: str | None = None,
         scaler: Any = None,
         on_nonfinite: str = "warn",
+        live: bool = True,
         **options: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -91,6 +92,7 @@ class Run:
         if scaler is not None and not callable(getattr(scaler, "update", None)):
             raise UsageError(f"doctor.watch scaler expects a torch.amp.GradScaler, got {type(scaler).__name__}")
         self.on_nonfinite = on_nonfinite
+        self.live = bool(live)  # the one-line warning for the first non-finite value as it is copied back
         self.config = RecorderConfig.from_options(options)
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.path = Path(log) if log is not None else Path("runs") / f"{name or 'run'}-{stamp}.log"
@@ -102,6 +104,9 @@ class Run:
 
         self._names = [n for n, _ in model.named_parameters()]
         self._params = [p for _, p in model.named_parameters()]
+        # FSDP2 shards parameters as DTensors: each rank records the norms of its own shard (no collective in a
+        # hook, which would deadlock a rank that does not record); analyze combines the ranks' shards.
+        self._sharded = any(_is_dtensor(p) for p in self._params)
         self._param_ids = {id(p) for p in self._params}
         self._optimizer_param_count = -1
         self._skips_noted: set[tuple[str, str]] = set()
@@ -110,6 +115,9 @@ class Run:
         self._module_kinds = [activation_kind(m) for _, m in self._modules]
         model_summary, optimizer_summary = describe_model(model, optimizer)
         self._recurrent = [(i, info["gates"]) for i, info in enumerate(model_summary["params"]) if info["recurrent"]]
+        sharded_recurrent = bool(self._sharded and self._recurrent)
+        if sharded_recurrent:  # the largest singular value of a shard is not the matrix's: not recorded
+            self._recurrent = []
         self._spectral = statistics.SpectralNorms()
         self._spectra_names: list[str] = []
         for i, gates in self._recurrent:
@@ -159,8 +167,13 @@ class Run:
                 "recorded_modules": [n for n, _ in self._modules],
                 "spectra": self._spectra_names,
                 "config": self.config.to_json(),
+                "sharded": self._sharded,
             }
         )
+        if sharded_recurrent:
+            self._note_skipped(
+                "spectra", "recurrent weights", "they are sharded (FSDP); a shard's singular values are not the matrix's"
+            )
         self._install_hooks()
         if scaler is not None:
             self._watch_scaler(scaler)
@@ -210,7 +223,7 @@ class Run:
             except Exception as exc:  # noqa: BLE001
                 self._disable("log", exc)
         self._writer.close()
-        if self._alarm is not None and not self._alarm_sounded:  # found in the last batch: warn, never raise here
+        if self._alarm is not None and not self._alarm_sounded and self.live:  # found in the last batch: warn only
             self._alarm_sounded = True
             warnings.warn(f"doctor: {self._alarm[1]}", RuntimeWarning, stacklevel=2)
 
@@ -451,6 +464,8 @@ class Run:
         indices, grads = [], []
         for i, p in enumerate(self._params):
             g = p.grad
+            if self._sharded and g is not None:
+                g = _local(g)
             if g is not None:
                 indices.append(i)
                 grads.append(g.coalesce()._values() if g.is_sparse else g)
@@ -489,23 +504,23 @@ class Run:
         """
         if not self._params:
             return
-        self._weight_norms = self._stack_norms(torch._foreach_norm([p.detach() for p in self._params]))
+        self._weight_norms = self._stack_norms(torch._foreach_norm([self._data(p) for p in self._params]))
         budget = self.config.update_copy_mb * 2**20
         chosen, used, n = [], 0, len(self._params)
         for k in range(n):
             i = (self._copy_cursor + k) % n
-            size = self._params[i].numel() * self._params[i].element_size()
+            size = self._data(self._params[i]).numel() * self._params[i].element_size()
             if chosen and used + size > budget:
                 break
             chosen.append(i)
             used += size
         self._copy_cursor = (self._copy_cursor + len(chosen)) % n
         self._copied = chosen
-        self._weights_before = torch._foreach_mul([self._params[i].detach() for i in chosen], 1.0)
+        self._weights_before = torch._foreach_mul([self._data(self._params[i]) for i in chosen], 1.0)
 
     def _record_weights(self) -> None:
         """||w_after - w_before|| / ||w_before|| for the copied slice (null for the rest), on the device."""
-        after = [self._params[i].detach() for i in self._copied]
+        after = [self._data(self._params[i]) for i in self._copied]
         delta = self._stack_norms(torch._foreach_norm(torch._foreach_sub(after, self._weights_before)))
         weight = self._weight_norms
         if len(self._copied) == len(self._params):
@@ -517,6 +532,9 @@ class Run:
                 index = self._grad_index_cache[key] = torch.tensor(self._copied, device=self._device)
             ratio = torch.full_like(weight, _NO_VALUE).index_copy_(0, index, delta / weight[index].clamp_min(1e-12))
         self._weight_rows.append((self.step, weight, ratio))
+
+    def _data(self, p: torch.Tensor) -> torch.Tensor:
+        return _local(p.detach()) if self._sharded else p.detach()
 
     def _record_spectra(self) -> None:
         values = [self._spectral(self._names[i], self._params[i], gates) for i, gates in self._recurrent]
@@ -720,11 +738,21 @@ class Run:
         if self.on_nonfinite == "raise":
             self.close(reason="nonfinite")
             raise NonFiniteError(f"{message}; the log {self.path} is flushed and closed")
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
+        if self.live:
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     @_uninterrupted
     def _event(self, type_: str, **fields: Any) -> None:
         self._writer.write({"kind": schema.EVENT, "type": type_, "time": round(time.time(), 3), **fields})
+
+
+def _is_dtensor(t: Any) -> bool:
+    return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (a plain tensor passes through)."""
+    return t.to_local() if _is_dtensor(t) else t
 
 
 def _table_values(rows: list[list[list[float]]], present: list[list[bool]]) -> list[list[list[float | None] | None]]:
