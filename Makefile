@@ -18,7 +18,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/rnn_l2_demo.py runs/demo
 	$(VENV)/bin/doctor analyze runs/demo/rnn-l2.log runs/demo/rnn-l2-exempt.log -o reports/demo
-	@echo "open reports/demo/index.html"
+	$(VENV)/bin/doctor compare runs/demo/rnn-l2.log runs/demo/rnn-l2-exempt.log -o reports/demo/compare.html
+	@echo "open reports/demo/index.html and reports/demo/compare.html"
 
 ## The test suite (the browser test needs Debian's chromium: make browser).
 test: $(STAMP)

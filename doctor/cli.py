@@ -60,8 +60,12 @@ def _root(
     """Training Doctor: diagnose why a PyTorch training run fails to learn."""
 
 
+def _safe_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
+
+
 def _default_report_path(name: str, taken: set[Path]) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
+    safe = _safe_stem(name)
     path = Path("reports") / f"{safe[:100]}.html"
     n = 2
     while path in taken:
@@ -160,6 +164,36 @@ def _print_analysis(console: Console, analysis) -> None:  # noqa: ANN001 - Analy
         console.print(f"  [red]rule {escape(e['rule'])} failed: {escape(e['error'])}[/]")
     for note in analysis.run.notes:
         console.print(f"  [dim]note: {escape(note)}[/]")
+
+
+@app.command("compare")
+def compare(
+    logs: Annotated[list[Path], typer.Argument(help="Two or more run logs (or TensorBoard/CSV/JSON Lines logs).")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Report file (default reports/A-vs-B.html).")] = None,
+) -> None:
+    """Overlay runs in one report (loss, LR, gradient norm, recurrent spectra) and list what differs in their settings."""
+    from doctor.compare import config_differences, write_compare
+    from doctor.engine import analyze as run_rules
+    from doctor.engine import load_rules
+    from doctor.loader import load_run
+
+    if len(logs) < 2:
+        raise _fail("doctor compare needs two or more logs, e.g. doctor compare a.log b.log")
+    try:
+        rules = load_rules()
+        analyses = [run_rules(load_run(path), rules) for path in logs]
+        target = output or Path("reports") / f"{'-vs-'.join(_safe_stem(a.run.name) for a in analyses)[:150]}.html"
+        report = write_compare(analyses, target)
+    except DoctorError as exc:
+        raise _fail(str(exc)) from None
+    console = Console(highlight=False, soft_wrap=False)
+    for analysis in analyses:
+        console.print(f"[bold]{escape(analysis.run.name)}[/]: {escape(analysis.verdict())}")
+    differences = config_differences([a.run for a in analyses])
+    console.print(f"{len(differences)} setting(s) differ" + (":" if differences else "."))
+    for d in differences[:20]:
+        console.print(f"  {escape(d['key'])}: " + " | ".join(escape(v) for v in d["values"]))
+    sys.stderr.write(f"doctor: comparison written to {report}\n")
 
 
 @app.command("rules")

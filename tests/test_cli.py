@@ -160,3 +160,16 @@ def test_version_and_module_entry_point():
     assert out.returncode == 0 and out.stdout.startswith("doctor 0.")
     help_text = subprocess.run([sys.executable, "-m", "doctor", "--help"], capture_output=True, text=True, cwd=REPO)
     assert "analyze" in help_text.stdout and "explain" in help_text.stdout
+
+
+def test_compare_writes_an_overlay_and_lists_the_differences(cli, zoo_log, tmp_path):
+    result = cli("compare", zoo_log("rnn_l2"), zoo_log("healthy_lstm"), "-o", tmp_path / "cmp.html")
+    assert result.exit_code == 0, result.output
+    assert "rnn_l2: 1 error" in result.stdout and "healthy_lstm: Healthy" in result.stdout
+    assert "optimizer.group0.weight_decay: 0.001 | 0" in result.stdout
+    assert (tmp_path / "cmp.html").stat().st_size > 100_000  # plotly inlined
+
+
+def test_compare_needs_two_logs(cli, zoo_log):
+    result = cli("compare", zoo_log("rnn_l2"))
+    assert result.exit_code == 2 and "two or more logs" in result.stderr

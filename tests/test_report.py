@@ -166,3 +166,29 @@ def test_hostile_report_runs_no_script_in_the_browser(browser, tmp_path, rules):
     assert errors == [] and requests == []  # no alert() dialog fired, nothing fetched
     assert HOSTILE in page.locator("h1").inner_text()  # shown as text
     page.close()
+
+
+def test_comparison_of_document_000s_pair_renders_offline_and_names_the_difference(browser, zoo_analysis, tmp_path):
+    from doctor.compare import config_differences, write_compare
+
+    analyses = [zoo_analysis("rnn_l2"), zoo_analysis("healthy_lstm")]
+    differences = {d["key"]: d["values"] for d in config_differences([a.run for a in analyses])}
+    assert differences["optimizer.group0.weight_decay"] == ["0.001", "0"]
+    assert differences["param rnn.weight_hh_l0.weight_decay"] == ["0.001", "0"]
+    assert next(iter(differences)).endswith(".weight_decay")  # the usual suspects come first
+    path = write_compare(analyses, tmp_path / "cmp.html")
+    page, errors, requests = _open(browser, path, "compare-rnn-l2.png")
+    assert errors == [] and requests == []
+    names = [page.locator(".chart").nth(i).get_attribute("data-name") for i in range(page.locator(".chart").count())]
+    assert {"Training loss", "Validation loss", "Learning rate", "Gradient norm", "Recurrent spectra"} <= set(names)
+    assert page.locator(".chart .main-svg").count() >= len(names)
+    assert "over_regularized_rnn" in page.locator("#runs").inner_text().lower()  # badges are upper-cased by CSS
+    page.close()
+
+
+def test_hostile_names_are_escaped_in_a_comparison(tmp_path, rules):
+    from doctor.compare import render_compare
+
+    analysis = analyze(load_run(_hostile_log(tmp_path / "hostile.log")), rules)
+    html = render_compare([analysis, analysis])
+    assert "<script>alert" not in html and "&lt;script&gt;" in html
