@@ -451,3 +451,17 @@ def test_live_false_keeps_quiet_but_still_records_the_nonfinite_value(tmp_path, 
                 optimizer.step()
                 run.log(loss=loss * float("nan") if step == 3 else loss)
     assert load_run(tmp_path / "q.log").events_of("nonfinite")[0]["step"] == 3
+
+
+def test_a_gradient_spike_is_reported_live_once(tmp_path, tiny_mlp):
+    optimizer = torch.optim.SGD(tiny_mlp.parameters(), lr=1e-4)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    with pytest.warns(RuntimeWarning, match=r"gradient norm spiked to .* at step 30") as caught:
+        with doctor.watch(tiny_mlp, optimizer, log=tmp_path / "s.log", flush_every=10) as run:
+            for step in range(60):
+                optimizer.zero_grad()
+                loss = nn.functional.cross_entropy(tiny_mlp(x), y) * (1000.0 if step in (30, 45) else 1.0)
+                loss.backward()
+                optimizer.step()
+                run.log(loss=loss)
+    assert sum("spiked" in str(w.message) for w in caught) == 1

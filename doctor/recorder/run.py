@@ -16,6 +16,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import atexit
+import collections
 import datetime as _dt
 import functools
 import math
@@ -27,6 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import torch
@@ -148,6 +150,8 @@ class Run:
         self._nonfinite_seen: set[str] = set()
         self._alarm: tuple[int, str] | None = None  # the first non-finite value seen in a flushed batch
         self._alarm_sounded = False
+        self._recent_grads: collections.deque[float] = collections.deque(maxlen=20)  # host copies, for the live check
+        self._spike_warned = False
         self._last_step_time = time.perf_counter()
         self._last_flush_time = time.monotonic()
         self._last_flush_step = 0
@@ -657,6 +661,7 @@ class Run:
                 }
             )
             self._check_nonfinite(steps, scalars.get("loss"), grad_total)
+            self._check_spike(steps, grad_total)
         if "grads" in values:
             self._writer.write(
                 {
@@ -716,6 +721,30 @@ class Run:
                     self._event("nonfinite", what=what, step=step, value=str(value))
                     self._alarm = self._alarm or (step, f"non-finite {what} ({value}) at step {step}")
                     break
+
+    def _check_spike(self, steps: list[int], grad_total: list[float | None]) -> None:
+        """Live: warn once when the global gradient norm jumps 10x above its median over the 20 steps before it.
+
+        The values are already on the host (this runs on a copied batch), so the check costs no sync; the
+        thresholds are those of the exploding_gradients rule, which says more after the run.
+        """
+        if self._spike_warned or not self.live:
+            return
+        for step, value in zip(steps, grad_total):
+            if value is None or not math.isfinite(value):
+                continue
+            if len(self._recent_grads) >= 5:
+                level = median(self._recent_grads)
+                if level > 0 and value > 10 * level:
+                    self._spike_warned = True
+                    warnings.warn(
+                        f"doctor: the gradient norm spiked to {value:.3g} at step {step}, {value / level:.0f}x its median "
+                        "over the steps before it (exploding gradients?); doctor analyze will say more",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    return
+            self._recent_grads.append(value)
 
     def _check_nonfinite_params(self, steps: list[int], rows: list[list[float]]) -> None:
         if "parameter" in self._nonfinite_seen:
