@@ -3,7 +3,8 @@
 Four workloads (issue 5): a bidirectional 2-layer LSTM (hidden 128, 80 steps, batch 32, document 000's
 setting), a 6x512 MLP, a 4-layer transformer encoder (d_model 256), a small CNN with batch norm. For each,
 three identical models are trained in alternating blocks of steps: unwatched, under doctor.watch (defaults,
-one watch for the whole run) and under a naive hand-written monitor (per-parameter ``.norm().item()`` and
+one watch for the whole run), under TensorBoard gradient histograms every step (where tensorboard is installed)
+and under a naive hand-written monitor (per-parameter ``.norm().item()`` and
 per-module mean/std ``.item()`` every step, what ad-hoc scripts and ``wandb.watch(log="all")`` amount to).
 Each round runs one block of each, in alternating order; a round's ratio compares block medians, and the
 figure printed is the median over rounds, which cancels slow drift of a shared machine.
@@ -90,6 +91,33 @@ class NaiveMonitor:
             h.remove()
 
 
+class TensorBoardMonitor:
+    """The common alternative: torch.utils.tensorboard histograms of every gradient, every step."""
+
+    def __init__(self, model, log_dir):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.model, self.rows, self.step_index = model, [], 0
+        self.writer = SummaryWriter(str(log_dir))
+
+    def step(self):
+        for name, p in self.model.named_parameters():
+            if p.grad is not None:
+                self.writer.add_histogram(f"grad/{name}", p.grad, self.step_index)
+        self.step_index += 1
+
+    def close(self):
+        self.writer.close()
+
+
+def tensorboard_installed() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class HookClock:
     """Time spent inside doctor's hooks and run.log, summed: on the CPU every op is synchronous, so this is
     the recorder's whole cost per step, free of the machine noise that a step-time ratio carries."""
@@ -127,12 +155,15 @@ def measure(name, make, data, device, blocks, steps, log_dir):
     x, y = (t.to(device) for t in data())
     loss_fn = nn.CrossEntropyLoss()
     setups = {}
-    for mode in ("plain", "doctor", "naive"):
+    modes = ("plain", "doctor", "naive", "tensorboard") if tensorboard_installed() else ("plain", "doctor", "naive")
+    for mode in modes:
         torch.manual_seed(0)
         model = make().to(device)
         optimizer = torch.optim.Adam(model.parameters(), 1e-4)
         run = doctor.watch(model, optimizer, log=Path(log_dir) / f"{name}.log") if mode == "doctor" else None
         naive = NaiveMonitor(model) if mode == "naive" else None
+        if mode == "tensorboard":
+            naive = TensorBoardMonitor(model, Path(log_dir) / f"tb-{name}")
         setups[mode] = (model, optimizer, run, naive)
     times = {m: [] for m in setups}
     rounds = {m: [] for m in setups}  # median step time of each block
@@ -167,7 +198,9 @@ def measure(name, make, data, device, blocks, steps, log_dir):
             if mode == "doctor":
                 hook_seconds += HookClock.seconds - before
     setups["doctor"][2].close()
-    setups["naive"][3].close()
+    for mode in ("naive", "tensorboard"):
+        if mode in setups:
+            setups[mode][3].close()
     paired = {m: statistics.median(a / b for a, b in zip(rounds[m], rounds["plain"])) for m in rounds}
     out = {m: (statistics.median(v), statistics.fmean(v), paired[m]) for m, v in times.items()}
     out["hooks"] = hook_seconds / len(times["doctor"])
@@ -193,7 +226,7 @@ def main():
     print("hooks = time inside doctor's hooks per step (all steps averaged), as a share of the plain mean step")
     print(
         f"{'workload':28} {'plain ms':>9} {'doctor ms':>10} {'doctor x':>9} {'mean':>6} {'hooks ms':>9} {'hooks %':>8} "
-        f"{'naive ms':>9} {'naive x':>8} {'mean':>6}"
+        f"{'naive ms':>9} {'naive x':>8} {'mean':>6} {'tb hist x':>9} {'mean':>6}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for name, (make, data) in WORKLOADS.items():
@@ -202,10 +235,13 @@ def main():
             med = measure(name, make, data, device, args.blocks, args.steps, tmp)
             (p_med, p_mean, _), (d_med, d_mean, d_x), (n_med, n_mean, n_x) = med["plain"], med["doctor"], med["naive"]
             hooks = med["hooks"]
+            tb = "      n/a    n/a"
+            if "tensorboard" in med:
+                tb = f"{med['tensorboard'][2]:9.3f} {med['tensorboard'][1] / p_mean:6.3f}"
             print(
                 f"{name:28} {1e3 * p_med:9.2f} {1e3 * d_med:10.2f} {d_x:9.3f} {d_mean / p_mean:6.3f} "
                 f"{1e3 * hooks:9.3f} {100 * hooks / p_mean:7.2f}% "
-                f"{1e3 * n_med:9.2f} {n_x:8.3f} {n_mean / p_mean:6.3f}",
+                f"{1e3 * n_med:9.2f} {n_x:8.3f} {n_mean / p_mean:6.3f} {tb}",
                 flush=True,
             )
 
