@@ -127,6 +127,7 @@ class RunView:
             "crash": {k: crash[0].get(k) for k in ("error", "message", "step")} if crash else None,
             "notes": list(self.notes),
             "schema": self.header.get("schema"),
+            "source": self.header.get("source"),
         }
 
 

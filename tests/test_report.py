@@ -192,3 +192,15 @@ def test_hostile_names_are_escaped_in_a_comparison(tmp_path, rules):
     analysis = analyze(load_run(_hostile_log(tmp_path / "hostile.log")), rules)
     html = render_compare([analysis, analysis])
     assert "<script>alert" not in html and "&lt;script&gt;" in html
+
+
+def test_a_report_of_a_log_recorded_without_doctor_renders_offline(browser, zoo_log, rules, tmp_path):
+    from tests.test_external_logs import export_lightning_csv
+
+    csv_path = export_lightning_csv(load_run(zoo_log("fast_exponential_decay")), tmp_path / "csv")
+    path = write_report(analyze(load_run(csv_path), rules), tmp_path / "external.html")
+    page, errors, requests = _open(browser, path, "report-external-csv.png")
+    assert errors == [] and requests == []
+    assert int(page.get_attribute("body", "data-charts-total")) >= 2  # the finding's charts and the loss/LR dashboard
+    assert "lr_decay_too_fast" in page.content() and "doctor.watch" in page.inner_text("body")
+    page.close()
