@@ -1,4 +1,5 @@
-"""Logs recorded without doctor: TensorBoard event files, Lightning ``metrics.csv``, plain CSV or JSON Lines.
+"""Logs recorded without doctor: TensorBoard event files, Lightning ``metrics.csv``, Hugging Face
+``trainer_state.json``, plain CSV or JSON Lines.
 
 Such logs hold step-indexed scalars only, so they become a :class:`RunView` with a ``steps`` frame and nothing
 else; the engine then runs the rules whose data is there (loss curve, learning rate, validation loss, non-finite
@@ -57,7 +58,9 @@ def is_external(path: Path) -> bool:
         return True
     if _EVENT_FILE.search(path.name) or path.suffix.lower() in (".csv", ".tsv"):
         return True
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+    if path.suffix.lower() == ".json":  # a whole-file JSON document (trainer_state.json); never a doctor log
+        return True
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
         try:
             with path.open("rb") as f:
                 first = json.loads(f.readline() or b"null")
@@ -84,6 +87,8 @@ def load_external(path: Path) -> RunView:
         if path.suffix.lower() in (".csv", ".tsv"):
             table = _csv(raw, path)
             source = "a Lightning metrics.csv" if path.name == "metrics.csv" else "a CSV file"
+        elif path.suffix.lower() == ".json":
+            table, source = _trainer_state(raw, path), "a Hugging Face trainer_state.json"
         else:
             table, source = _jsonl(raw, path), "a JSON Lines file"
     return _view(path, *table, source)
@@ -174,12 +179,32 @@ def _jsonl(raw: bytes, path: Path) -> tuple[pd.DataFrame, dict[str, list[int]]]:
         except (ValueError, UnicodeDecodeError, RecursionError):
             continue  # a partial last line or a damaged line: skip it, as the run log reader does
         if isinstance(record, dict):
-            rows.append({k: v for k, v in record.items() if isinstance(k, str)})
+            rows.append(record)
     if not rows:
         raise LogFormatError(f"'{path}' holds no JSON objects; expected one object of step-indexed scalars per line")
+    return _rows(rows, path)
+
+
+def _rows(rows: list[Any], path: Path) -> tuple[pd.DataFrame, dict[str, list[int]]]:
+    """JSON objects of scalars -> a step table; a value that is a number (NaN included) counts as logged."""
+    rows = [{k: v for k, v in row.items() if isinstance(k, str)} for row in rows if isinstance(row, dict)]
+    if not rows:
+        raise LogFormatError(f"'{path}' holds no JSON objects of step-indexed scalars")
     numbers = [{k: isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in row.items()} for row in rows]
     present = pd.DataFrame(numbers).fillna(False).astype(bool)
     return _by_step(pd.DataFrame(rows), present, path)
+
+
+def _trainer_state(raw: bytes, path: Path) -> tuple[pd.DataFrame, dict[str, list[int]]]:
+    """Hugging Face Trainer's ``trainer_state.json``: its ``log_history`` is a list of step-indexed dicts."""
+    try:
+        document = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise LogFormatError(f"'{path}' is not valid JSON; expected a trainer_state.json or a doctor run log") from None
+    history = document.get("log_history") if isinstance(document, dict) else None
+    if not isinstance(history, list) or not history:
+        raise LogFormatError(f"'{path}' has no log_history; expected a Hugging Face trainer_state.json")
+    return _rows(history, path)
 
 
 def _by_step(frame: pd.DataFrame, present: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, dict[str, list[int]]]:

@@ -132,6 +132,9 @@ def test_common_metric_names_map_to_what_the_rules_read(raw, name):
         ("metrics.csv", "step,note\n0,hello\n", "no numeric columns"),
         ("s.jsonl", "[1, 2]\n", "holds no JSON objects"),
         ("s.jsonl", '{"step": 0, "note": "x"}\n', "no numeric columns"),
+        ("trainer_state.json", "{}", "has no log_history"),
+        ("trainer_state.json", "{not json", "is not valid JSON"),
+        ("trainer_state.json", '{"log_history": [1, 2]}', "no JSON objects"),
     ],
 )
 def test_bad_external_logs_are_one_line_errors(cli, tmp_path, name, content, message):

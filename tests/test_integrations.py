@@ -114,7 +114,7 @@ def test_hugging_face_callback_records_a_run_that_doctor_diagnoses(tmp_path, rul
         per_device_train_batch_size=16,
         learning_rate=1e-7,  # far too low: the loss cannot move
         lr_scheduler_type="constant",
-        logging_steps=20,
+        logging_steps=5,
         eval_strategy="steps",
         eval_steps=100,
         report_to=[],
@@ -141,6 +141,11 @@ def test_hugging_face_callback_records_a_run_that_doctor_diagnoses(tmp_path, rul
     findings = analyze(view, rules).findings
     assert [f.rule for f in findings] == ["loss_plateau"]
     assert "learning rate is far too low" in findings[0].summary
+
+    trainer.state.save_to_json(str(tmp_path / "trainer_state.json"))  # what a Trainer checkpoint keeps
+    external = load_run(tmp_path / "trainer_state.json")
+    assert external.steps["loss"].notna().sum() == 60 and external.steps["val_loss"].notna().sum() == 3
+    assert [f.rule for f in analyze(external, rules).findings] == ["loss_plateau"]
 
 
 def test_the_core_imports_no_framework():

@@ -127,14 +127,20 @@ _HEADERS = st.lists(st.sampled_from(["step", "epoch", "loss", "val_loss", "lr-Ad
 
 
 @SETTINGS
-@given(_HEADERS, st.lists(st.lists(_CELLS, max_size=6), max_size=30), st.sampled_from(["metrics.csv", "s.jsonl"]))
+@given(
+    _HEADERS,
+    st.lists(st.lists(_CELLS, max_size=6), max_size=30),
+    st.sampled_from(["metrics.csv", "s.jsonl", "trainer_state.json"]),
+)
 def test_external_logs_give_a_view_or_a_one_line_error(tmp_path_factory, rules, header, rows, name):
-    """CSV and JSON Lines from other tools: any header, any cells, ragged rows."""
+    """CSV, JSON Lines and trainer_state.json from other tools: any header, any cells, ragged rows."""
     path = tmp_path_factory.mktemp("ext") / name
     if name.endswith(".csv"):
         path.write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
-    else:
+    elif name.endswith(".jsonl"):
         path.write_text("\n".join(json.dumps(dict(zip(header, r))) for r in rows) + "\n")
+    else:
+        path.write_text(json.dumps({"log_history": [dict(zip(header, r)) for r in rows]}))
     try:
         view = load_run(path)
     except LogFormatError as exc:
