@@ -53,14 +53,29 @@ def config_differences(views: list[RunView]) -> list[dict[str, Any]]:
     flats = [flatten_config(v) for v in views]
     keys = list(dict.fromkeys(k for f in flats for k in f))
     rows = []
+    partial_groups = {  # a param group that only some runs have: one row, not one per hyper-parameter
+        k.rsplit(".", 1)[0] for k in keys if k.endswith(".parameters") and k.startswith("optimizer.group")
+    }
+    partial_groups = {g for g in partial_groups if any(f"{g}.parameters" not in f for f in flats)}
+    for group in sorted(partial_groups):
+        values = [_group_summary(f, group) for f in flats]
+        rows.append({"key": group, "values": values})
     for key in keys:
-        if key in _IGNORED:
+        if key in _IGNORED or key.rsplit(".", 1)[0] in partial_groups:
             continue
         values = [f.get(key) for f in flats]  # absent and None read the same
         if any(v != values[0] for v in values[1:]):
             rows.append({"key": key, "values": [_show(v) for v in values]})
     # the usual suspects first: regularization and learning rates, then everything else in header order
-    return sorted(rows, key=lambda r: 0 if r["key"].endswith((".weight_decay", ".lr")) else 1)
+    return sorted(rows, key=lambda r: 0 if r["key"].endswith((".weight_decay", ".lr")) or r["key"] in partial_groups else 1)
+
+
+def _group_summary(flat: dict[str, Any], group: str) -> str:
+    if f"{group}.parameters" not in flat:
+        return "—"
+    parts = [f"{flat[f'{group}.parameters']} parameters"]
+    parts += [f"{k} {_show(flat[f'{group}.{k}'])}" for k in ("lr", "weight_decay") if f"{group}.{k}" in flat]
+    return ", ".join(parts)
 
 
 def _show(value: Any) -> str:

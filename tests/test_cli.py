@@ -173,3 +173,35 @@ def test_compare_writes_an_overlay_and_lists_the_differences(cli, zoo_log, tmp_p
 def test_compare_needs_two_logs(cli, zoo_log):
     result = cli("compare", zoo_log("rnn_l2"))
     assert result.exit_code == 2 and "two or more logs" in result.stderr
+
+
+def test_compare_collapses_a_param_group_only_one_run_has(tmp_path):
+    """Document 000's fix puts weight_hh in its own group without decay: one row for that group, not ten."""
+    import torch
+
+    import doctor
+    from doctor.compare import config_differences
+    from doctor.loader import load_run
+    from tests.zoo import SequenceClassifier, memory_data
+
+    def record(name, exempt):
+        torch.manual_seed(0)
+        model = SequenceClassifier("lstm", hidden=8)
+        hh = [p for n, p in model.named_parameters() if "weight_hh" in n]
+        rest = [p for n, p in model.named_parameters() if "weight_hh" not in n]
+        groups = [{"params": rest}, {"params": hh, "weight_decay": 0.0}] if exempt else [{"params": rest + hh}]
+        optimizer = torch.optim.Adam(groups, 1e-2, weight_decay=1e-3)
+        x, y = memory_data(16, 0, length=5)
+        with doctor.watch(model, optimizer, log=tmp_path / f"{name}.log") as run:
+            for _ in range(3):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                run.log(loss=loss)
+        return load_run(tmp_path / f"{name}.log")
+
+    rows = {d["key"]: d["values"] for d in config_differences([record("l2", False), record("exempt", True)])}
+    assert rows["optimizer.group1"] == ["—", "1 parameters, lr 0.01, weight_decay 0"]
+    assert rows["param rnn.weight_hh_l0.weight_decay"] == ["0.001", "0"]
+    assert not [k for k in rows if k.startswith("optimizer.group1.")]
