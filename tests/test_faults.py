@@ -64,6 +64,13 @@ def _raise(*args, **kwargs):
     raise RuntimeError("injected fault")
 
 
+def test_a_watched_run_is_bitwise_identical_to_an_unwatched_one(tmp_path):
+    expected, _, _ = _losses(_lstm, None)
+    got, run, messages = _losses(_lstm, tmp_path / "w.log", activation_every=1, weight_every=1, spectral_every=1)
+    assert got == expected and messages == []  # every statistic on every step, and not one bit of difference
+    assert load_run(tmp_path / "w.log").loss.tolist() == pytest.approx(expected, rel=1e-6)
+
+
 # Where a fault is injected -> the statistic that must switch itself off. Gradients are read in the optimizer's
 # pre-step hook (doctor installs no backward hooks), so "gradients" is the fault in the backward pass's product.
 FAULTS = {

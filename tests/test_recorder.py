@@ -146,29 +146,6 @@ def test_recurrent_singular_values_match_svdvals(tmp_path):
             assert view.spectra.loc[0, f"{name}[{gate}]"] == pytest.approx(torch.linalg.svdvals(block)[0].item(), rel=1e-3)
 
 
-def test_training_is_bitwise_identical_with_and_without_the_recorder(tmp_path):
-    def losses(watched):
-        torch.manual_seed(0)
-        model = SequenceClassifier("lstm", hidden=8)
-        opt = torch.optim.Adam(model.parameters(), 1e-2)
-        x, y = memory_data(64, 0, length=6)
-        out = []
-        run = doctor.watch(model, opt, log=tmp_path / "b.log") if watched else None
-        for _ in range(20):
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            out.append(loss.item())
-            if run:
-                run.log(loss=loss)
-        if run:
-            run.close()
-        return out
-
-    assert losses(True) == losses(False)
-
-
 def test_an_error_inside_a_statistic_never_reaches_the_loop(tmp_path, tiny_mlp, monkeypatch):
     from doctor.recorder import statistics
 
