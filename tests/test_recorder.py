@@ -256,16 +256,20 @@ def test_gradients_are_recorded_unscaled_under_grad_scaler(tmp_path, tiny_mlp):
     np.testing.assert_allclose(view.steps["grad_norm"].to_numpy(), expected, rtol=1e-4)
 
 
+def _train_with_a_nan_loss_at_step_3(model, log, **options):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with doctor.watch(model, optimizer, log=log, flush_every=5, **options) as run:
+        for step in range(12):
+            loss = model(torch.randn(4, 6)).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            run.log(loss=loss * float("nan") if step == 3 else loss)
+
+
 def test_non_finite_loss_warns_once_while_training(tmp_path, tiny_mlp):
-    optimizer = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1)
     with pytest.warns(RuntimeWarning, match=r"doctor: non-finite loss \(nan\) at step 3"):
-        with doctor.watch(tiny_mlp, optimizer, log=tmp_path / "w.log", flush_every=5) as run:
-            for step in range(12):
-                loss = tiny_mlp(torch.randn(4, 6)).sum()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                run.log(loss=loss * float("nan") if step == 3 else loss)
+        _train_with_a_nan_loss_at_step_3(tiny_mlp, tmp_path / "w.log")
 
 
 def _rss_mb() -> float | None:
@@ -417,16 +421,9 @@ def test_a_bad_on_nonfinite_value_is_a_clear_error(tmp_path, tiny_mlp):
 
 
 def test_live_false_keeps_quiet_but_still_records_the_nonfinite_value(tmp_path, tiny_mlp):
-    optimizer = torch.optim.SGD(tiny_mlp.parameters(), lr=0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning fails the test
-        with doctor.watch(tiny_mlp, optimizer, log=tmp_path / "q.log", flush_every=5, live=False) as run:
-            for step in range(12):
-                loss = tiny_mlp(torch.randn(4, 6)).sum()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                run.log(loss=loss * float("nan") if step == 3 else loss)
+        _train_with_a_nan_loss_at_step_3(tiny_mlp, tmp_path / "q.log", live=False)
     assert load_run(tmp_path / "q.log").events_of("nonfinite")[0]["step"] == 3
 
 
