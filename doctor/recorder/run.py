@@ -156,7 +156,7 @@ class Run:
         self._last_flush_time = time.monotonic()
         self._last_flush_step = 0
         self._handles: list[Any] = []
-        self._scaler_update: tuple[Any, Any] | None = None
+        self._scaler: Any = None  # the GradScaler whose update() this run wraps
 
         self._writer.write(
             {
@@ -287,24 +287,21 @@ class Run:
                 RuntimeWarning,
                 stacklevel=3,
             )
-        else:
-            warnings.warn(f"doctor: stopped recording {stat} after an error ({message})", RuntimeWarning, stacklevel=3)
-        if stat != "log":
-            try:
-                self._event("recorder_error", stat=stat, step=self.step, error=message)
-            except Exception as write_exc:  # noqa: BLE001
-                self._disable("log", write_exc)
-        else:
             self._handles_off()
+            return
+        warnings.warn(f"doctor: stopped recording {stat} after an error ({message})", RuntimeWarning, stacklevel=3)
+        try:
+            self._event("recorder_error", stat=stat, step=self.step, error=message)
+        except Exception as write_exc:  # noqa: BLE001
+            self._disable("log", write_exc)
 
     def _handles_off(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        if self._scaler_update is not None:
-            scaler, _ = self._scaler_update
-            scaler.__dict__.pop("update", None)  # the class's own update() again
-            self._scaler_update = None
+        if self._scaler is not None:
+            self._scaler.__dict__.pop("update", None)  # the class's own update() again
+            self._scaler = None
 
     def _safe(self, stat: str, fn: Callable[[], Any]) -> Any:
         if stat in self._disabled:
@@ -341,7 +338,7 @@ class Run:
             return result
 
         scaler.update = update
-        self._scaler_update = (scaler, original)
+        self._scaler = scaler
 
     def _after_scaler_update(self, scaler: Any) -> None:
         """Count a skipped iteration on the step still to come, or mark the step just taken as not skipped."""
