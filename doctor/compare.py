@@ -13,7 +13,16 @@ from typing import Any
 from doctor import __version__
 from doctor.engine import Analysis
 from doctor.loader import RunView
-from doctor.report import SEVERITY_COLORS, _atomic_write, _environment, _layout, _line, _plotly_js, _script_json
+from doctor.report import (
+    SEVERITY_COLORS,
+    _atomic_write,
+    _environment,
+    _layout,
+    _line,
+    _plotly_js,
+    _script_json,
+    steps_series,
+)
 from doctor.rulekit import smooth
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -88,9 +97,9 @@ def _overlay(views: list[RunView], title: str, column: str, *, log_y: bool = Fal
     layout = _layout(title, log_y)
     data = []
     for i, view in enumerate(views):
-        if column not in view.steps or not view.steps[column].notna().any():
+        series = steps_series(view, column)
+        if series is None:
             continue
-        series = view.steps[column].dropna()
         if smoothed and len(series) > 50:
             series = smooth(series, max(len(series) // 50, 2))
         data.append(_line(series.index, series.to_numpy(), view.name, line={"color": COLORS[i % len(COLORS)]}))

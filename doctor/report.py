@@ -167,6 +167,13 @@ def _frame_for(run: RunView, series: str) -> pd.DataFrame | None:
     return None
 
 
+def steps_series(view: RunView, column: str) -> pd.Series | None:
+    """The logged values of one ``steps`` column (NaN gaps dropped), or None when the run never logged it."""
+    if column not in view.steps or not view.steps[column].notna().any():
+        return None
+    return view.steps[column].dropna()
+
+
 def chart_figure(run: RunView, chart: Chart) -> dict[str, Any] | None:
     """A finding's chart as plotly JSON: the series, the offending range shaded, the threshold drawn."""
     layout = _layout(chart.title, chart.log_y)
@@ -174,14 +181,14 @@ def chart_figure(run: RunView, chart: Chart) -> dict[str, Any] | None:
     if chart.series.startswith("steps:"):
         columns = [chart.series.split(":", 1)[1], *chart.columns]
         for column in dict.fromkeys(columns):
-            if column in run.steps and run.steps[column].notna().any():
-                s = run.steps[column].dropna()
+            s = steps_series(run, column)
+            if s is not None:
                 data.append(_line(s.index, s.to_numpy(), column, mode="lines+markers" if len(s) < 60 else "lines"))
     elif chart.series.startswith("ranks:"):
         column = chart.series.split(":", 1)[1]
         for rank, view in sorted(run.ranks.items()):
-            if column in view.steps and view.steps[column].notna().any():
-                s = view.steps[column].dropna()
+            s = steps_series(view, column)
+            if s is not None:
                 data.append(_line(s.index, s.to_numpy(), f"rank {rank}"))
     elif chart.series.startswith("profile:"):
         frame = run.activations.get(chart.series.split(":", 1)[1])
