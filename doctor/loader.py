@@ -34,7 +34,8 @@ class RunView:
         header: the header record (model, optimizer, environment, config).
         steps: one row per optimizer step (index ``step``): ``loss`` and every logged
             scalar, ``lr`` (group 0), ``lr_g{i}``/``wd_g{i}`` per param group,
-            ``grad_norm`` (global, every step), ``seconds`` (step wall time) and ``data_seconds``
+            ``grad_norm`` (global, every step, after any clipping), ``grad_norm_preclip`` and
+            ``clip_max_norm`` (on steps that called ``clip_grad_norm_``), ``seconds`` (step wall time) and ``data_seconds``
             (from the previous step's end to this step's first forward: waiting for data).
         grad_norms: step x parameter, the max gradient norm over each sampling window.
         weight_norms, update_ratios: step x parameter on sampled steps.
@@ -86,7 +87,7 @@ class RunView:
 
     def has(self, data: str) -> bool:
         """Whether the log holds ``data`` (a name used in a rule's ``requires``)."""
-        if data in ("loss", "val_loss", "lr", "grad_norm", "amp_skipped"):
+        if data in ("loss", "val_loss", "lr", "grad_norm", "grad_norm_preclip", "amp_skipped"):
             return data in self.steps and self.steps[data].notna().any()
         if data == "activations":
             return bool(self.activations) and not self.activations["std"].empty
@@ -391,7 +392,7 @@ def _steps_frame(records: Iterable[dict[str, Any]]) -> tuple[pd.DataFrame, dict[
             continue
         n = len(steps)
         columns: dict[str, Any] = {}
-        for key in ("grad_norm", "seconds", "data_seconds"):
+        for key in ("grad_norm", "grad_norm_preclip", "clip_max_norm", "seconds", "data_seconds"):
             values = _as_float_array(record.get(key))
             if values is not None and values.shape == (n,):
                 columns[key] = values

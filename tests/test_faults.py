@@ -45,6 +45,8 @@ def _losses(make: Callable[[], tuple[nn.Module, torch.optim.Optimizer, Callable]
             loss = compute_loss(model, optimizer, step)
             optimizer.zero_grad()
             loss.backward()
+            if not any(p.grad is not None and p.grad.is_sparse for p in model.parameters()):  # torch cannot clip those
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)  # doctor observes the call (pre-clip norm)
             optimizer.step()
             losses.append(loss.item())
             if run:
@@ -80,6 +82,7 @@ FAULTS = {
     "optimizer pre-step hook (learning rate)": (run_module.Run, "_record_lr", "learning_rate"),
     "optimizer pre-step hook (singular values)": (statistics.SpectralNorms, "__call__", "spectra"),
     "optimizer post-step hook (update ratios)": (run_module.Run, "_record_weights", "weights"),
+    "clip_grad_norm_ (pre-clip norm)": (run_module.Run, "_keep_clip", "clipping"),
     "flush (copy to host)": (run_module, "HostCopy", "log"),
 }
 

@@ -180,11 +180,13 @@ def test_no_host_device_sync_on_non_flush_steps(tmp_path, tiny_mlp, monkeypatch)
             loss = nn.functional.cross_entropy(tiny_mlp(x), y)
             optimizer.zero_grad()
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(tiny_mlp.parameters(), 1.0)  # observed by doctor: the pre-clip norm
             optimizer.step()
             run.log(loss=loss)
     run.close()
     view = load_run(tmp_path / "n.log")
     assert not view.events_of("recorder_error")
+    assert view.steps["grad_norm_preclip"].notna().sum() == 30
     assert view.loss.size == 30 and view.activations["std"].shape[0] == 1  # step 0 (then every 50)
 
 
@@ -356,6 +358,7 @@ def test_no_sync_on_cuda(tmp_path):  # pragma: no cover - runs on the GPU machin
         loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         run.log(loss=loss)
     torch.cuda.set_sync_debug_mode(0)

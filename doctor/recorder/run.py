@@ -36,7 +36,7 @@ from torch import nn
 
 from doctor import schema
 from doctor.errors import NonFiniteError, UsageError
-from doctor.recorder import shutdown, statistics
+from doctor.recorder import clipping, shutdown, statistics
 from doctor.recorder.config import RecorderConfig
 from doctor.recorder.hooks import Hook
 from doctor.recorder.summary import activation_kind, describe_model, environment, recorded_modules
@@ -56,6 +56,9 @@ class _StepRow:
     data_seconds: float | None = None
     grad_total: torch.Tensor | None = None
     amp_skipped: int | None = None  # iterations GradScaler skipped (inf/nan gradients) before this step ran
+    # clip_grad_norm_ calls of this step: the clipped parameter set -> (pre-clip total norm on the device, max_norm).
+    # A set clipped again in the same step (GradScaler skipped the step in between) keeps its last call.
+    clips: dict[frozenset[int], tuple[torch.Tensor, float | None]] = field(default_factory=dict)
     scalars: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
 
 
@@ -157,6 +160,7 @@ class Run:
         self._last_flush_step = 0
         self._handles: list[Any] = []
         self._scaler: Any = None  # the GradScaler whose update() this run wraps
+        self._clip_order_checked = False  # the first clip under a scaler: was unscale_() called before it?
 
         self._writer.write(
             {
@@ -179,6 +183,7 @@ class Run:
                 "spectra", "recurrent weights", "they are sharded (FSDP); a shard's singular values are not the matrix's"
             )
         self._install_hooks()
+        clipping.attach(self)
         if scaler is not None:
             self._watch_scaler(scaler)
         self._begin_step()
@@ -268,6 +273,29 @@ class Run:
             ),
         )
 
+    def record_clip(self, ids: set[int], total: Any, max_norm: Any, norm_type: Any) -> None:
+        """Keep the pre-clip norm of a ``clip_grad_norm_`` call on this run's parameters (see ``clipping``)."""
+        if self.closed or "clipping" in self._disabled or ids.isdisjoint(self._param_ids):
+            return
+        self._safe("clipping", lambda: self._keep_clip(ids, total, max_norm, norm_type))
+
+    def _keep_clip(self, ids: set[int], total: Any, max_norm: Any, norm_type: Any) -> None:
+        if not isinstance(total, torch.Tensor):
+            return
+        if self._sharded or _is_dtensor(total):
+            self._note_skipped("clipping", "pre-clip gradient norm", "the parameters are sharded (FSDP)")
+            return
+        if _host_number(norm_type) != 2.0:
+            self._note_skipped(
+                "clipping", f"clip_grad_norm_(norm_type={norm_type})", "only L2 norms compare with the recorded gradient norm"
+            )
+            return
+        self._rows[self.step].clips[frozenset(ids)] = (total.detach().reshape(()), _host_number(max_norm))
+        if self._scaler is not None and not self._clip_order_checked:
+            self._clip_order_checked = True
+            if _still_scaled(self._scaler, self.optimizer):
+                self._safe("log", lambda: self._event("clip_before_unscale", step=self.step))
+
     @property
     def hook_count(self) -> int:
         """How many hooks this run holds (zero after ``close()``)."""
@@ -296,6 +324,7 @@ class Run:
             self._disable("log", write_exc)
 
     def _handles_off(self) -> None:
+        clipping.detach(self)
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -568,6 +597,10 @@ class Run:
         if totals:
             tensors["grad_total"] = torch.stack([t for _, t in totals])
             host["grad_total_rows"] = [i for i, _ in totals]
+        clipped = [i for i, r in enumerate(rows) if r.clips]
+        if clipped:
+            tensors["grad_preclip"] = torch.stack([self._preclip_total(rows[i]) for i in clipped])
+            host["preclip_rows"] = clipped
         flat: list[torch.Tensor] = []
         for i, row in enumerate(rows):
             for key, values in row.scalars.items():
@@ -603,6 +636,11 @@ class Run:
         self._pending.append(HostCopy(tensors, host))
         self._last_flush_time = time.monotonic()
         self._last_flush_step = self.step
+
+    def _preclip_total(self, row: _StepRow) -> torch.Tensor:
+        """The step's pre-clip global norm: one call's total, or the root sum of squares of disjoint calls."""
+        totals = [t.to(self._device, torch.float32, non_blocking=True) for t, _ in row.clips.values()]
+        return totals[0] if len(totals) == 1 else torch.linalg.vector_norm(torch.stack(totals))
 
     def _stack_table(
         self, rows: list[tuple[int, dict[Any, torch.Tensor]]], width: int, key_name: Callable[[Any], str]
@@ -645,20 +683,25 @@ class Run:
                 scalars[key] = rounded(column, 7)
             if any(r.amp_skipped is not None for r in rows):
                 scalars["amp_skipped"] = [None if r.amp_skipped is None else float(r.amp_skipped) for r in rows]
-            self._writer.write(
-                {
-                    "kind": schema.STEPS,
-                    "step": steps,
-                    "lr": [r.lr for r in rows],
-                    "weight_decay": [r.wd for r in rows],
-                    "seconds": [None if r.seconds is None else round(r.seconds, 6) for r in rows],
-                    "data_seconds": [None if r.data_seconds is None else round(r.data_seconds, 6) for r in rows],
-                    "grad_norm": rounded(grad_total),
-                    "scalars": scalars,
-                }
-            )
+            record = {
+                "kind": schema.STEPS,
+                "step": steps,
+                "lr": [r.lr for r in rows],
+                "weight_decay": [r.wd for r in rows],
+                "seconds": [None if r.seconds is None else round(r.seconds, 6) for r in rows],
+                "data_seconds": [None if r.data_seconds is None else round(r.data_seconds, 6) for r in rows],
+                "grad_norm": rounded(grad_total),
+                "scalars": scalars,
+            }
+            preclip: list[float | None] = [None] * len(rows)
+            if host.get("preclip_rows"):
+                for slot, row_index in enumerate(host["preclip_rows"]):
+                    preclip[row_index] = values["grad_preclip"][slot]
+                record["grad_norm_preclip"] = rounded(preclip)
+                record["clip_max_norm"] = [_smallest_max_norm(r) for r in rows]
+            self._writer.write(record)
             self._check_nonfinite(steps, scalars.get("loss"), grad_total)
-            self._check_spike(steps, grad_total)
+            self._check_spike(steps, [g if p is None else p for p, g in zip(preclip, grad_total)])
         if "grads" in values:
             self._writer.write(
                 {
@@ -779,6 +822,29 @@ def _is_dtensor(t: Any) -> bool:
 def _local(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor (a plain tensor passes through)."""
     return t.to_local() if _is_dtensor(t) else t
+
+
+def _still_scaled(scaler: Any, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer's gradients still carry the loss scale (GradScaler enabled, unscale_() not yet called).
+
+    GradScaler keeps a per-optimizer stage that unscale_() sets to UNSCALED; an optimizer it has not seen this
+    iteration has no entry (reading with .get keeps its defaultdict from growing one).
+    """
+    if not scaler.is_enabled():
+        return False
+    try:
+        from torch.amp.grad_scaler import OptState
+    except ImportError:  # torch < 2.3
+        from torch.cuda.amp.grad_scaler import OptState
+
+    state = scaler._per_optimizer_states.get(id(optimizer))
+    return state is None or state.get("stage") is OptState.READY
+
+
+def _smallest_max_norm(row: _StepRow) -> float | None:
+    """The tightest ``max_norm`` the step was clipped to (the one that bites first)."""
+    limits = [m for _, m in row.clips.values() if m is not None]
+    return min(limits) if limits else None
 
 
 def _table_values(rows: list[list[list[float]]], present: list[list[bool]]) -> list[list[list[float | None] | None]]:
