@@ -98,6 +98,8 @@ def _overlay(views: list[RunView], title: str, column: str, *, log_y: bool = Fal
     data = []
     for i, view in enumerate(views):
         series = steps_series(view, column)
+        if column == "grad_norm" and (preclip := steps_series(view, "grad_norm_preclip")) is not None:
+            series = preclip.combine_first(series) if series is not None else preclip  # the norm before any clip
         if series is None:
             continue
         if smoothed and len(series) > 50:
@@ -128,7 +130,10 @@ def figures(views: list[RunView]) -> list[dict[str, Any]]:
         ("Training loss", _overlay(views, "Training loss (smoothed)", "loss", log_y=True, smoothed=True)),
         ("Validation loss", _overlay(views, "Validation loss", "val_loss", log_y=True)),
         ("Learning rate", _overlay(views, "Learning rate (group 0)", "lr", log_y=True)),
-        ("Gradient norm", _overlay(views, "Global gradient norm (smoothed)", "grad_norm", log_y=True, smoothed=True)),
+        (
+            "Gradient norm",
+            _overlay(views, "Global gradient norm, before clipping (smoothed)", "grad_norm", log_y=True, smoothed=True),
+        ),
         ("Recurrent spectra", _spectra(views)),
     ]
     return [{"id": f"cmp-{i}", "name": name, "figure": fig} for i, (name, fig) in enumerate(candidates) if fig]

@@ -15,6 +15,29 @@ CLIP_GRAD_NORM = Fix(
     s.THEORY_CLIPPING,
     "loss.backward()\ntorch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)\noptimizer.step()",
 )
+CLIP_ONLY_SPIKES = Fix(
+    "Set max_norm a little above the typical pre-clip gradient norm (e.g. 1.5-2x its median once training has "
+    "settled), so clipping rescales only the rare oversized steps it is meant for.",
+    s.THEORY_CLIPPING,
+    "norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=2.0 * typical_norm)",
+)
+CLIP_HIDES_CAUSE = Fix(
+    "Find out why the gradient is so large before tuning the clip: take clipping out for a short run and read the "
+    "per-layer gradient heatmap; clipping keeps the numbers in range but hides the real problem.",
+    s.PRACTICE_CASE,
+)
+UNSCALE_THEN_CLIP = Fix(
+    "With GradScaler, unscale before clipping, or the clip threshold applies to the scaled gradients.",
+    s.GENERAL,
+    "scaler.scale(loss).backward()\nscaler.unscale_(optimizer)\n"
+    "torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\nscaler.step(optimizer)\nscaler.update()",
+)
+SCALE_TARGETS = Fix(
+    "Scale the data to order one before it reaches the loss: standardize the inputs and, for regression, the "
+    "targets too (predict (y - mean) / std and undo it at inference), so the loss gradient is not huge from step 0.",
+    s.PRACTICE_GENERAL,
+    "y_mean, y_std = y_train.mean(), y_train.std()\nloss = loss_fn(model(x), (y - y_mean) / y_std)",
+)
 LOWER_LR = Fix(
     "Lower the learning rate 3-10x and check that the loss curve settles.",
     s.PRACTICE_CASE,

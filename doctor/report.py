@@ -33,6 +33,10 @@ from doctor.loader import RunView
 
 MAX_POINTS = 2000  # per line trace: buckets keep their min and max, so ~1000 buckets
 MAX_HEATMAP_COLUMNS = 600
+# Columns of `steps` the recorder writes itself: they have charts of their own and stay off the loss chart's axis.
+RECORDER_COLUMNS = (
+    "lr", "grad_norm", "grad_norm_preclip", "clip_max_norm", "seconds", "data_seconds", "amp_skipped", "amp_scale",
+)
 MAX_LINES = 24  # per chart; the heatmap shows every layer
 SEVERITY_COLORS = {"error": "#d62728", "warning": "#e8a317", "info": "#1f77b4"}
 
@@ -290,7 +294,7 @@ def _heatmap(run: RunView) -> dict[str, Any] | None:
 
 def _loss_figure(run: RunView) -> dict[str, Any] | None:
     steps = run.steps
-    skip = {"lr", "grad_norm", "seconds"} | {c for c in steps.columns if c.startswith(("lr_g", "wd_g"))}
+    skip = set(RECORDER_COLUMNS) | {c for c in steps.columns if c.startswith(("lr_g", "wd_g"))}
     scalars = [c for c in steps.columns if c not in skip and steps[c].notna().any()]
     if not scalars and "lr" not in steps:
         return None
@@ -322,11 +326,25 @@ def _loss_figure(run: RunView) -> dict[str, Any] | None:
     return {"data": data, "layout": layout} if data else None
 
 
+def _grad_norm_chart(run: RunView) -> Chart:
+    """The global gradient norm; where the run clipped, the norm before clipping beside it and max_norm dashed."""
+    if not run.has("grad_norm_preclip"):
+        return Chart("steps:grad_norm", "Global gradient norm", log_y=True)
+    max_norm = steps_series(run, "clip_max_norm")
+    return Chart(
+        "steps:grad_norm_preclip",
+        "Global gradient norm before clipping (grad_norm_preclip) and after (grad_norm); max_norm dashed",
+        columns=("grad_norm",),
+        threshold=float(max_norm.median()) if max_norm is not None else None,
+        log_y=True,
+    )
+
+
 def dashboards(run: RunView) -> list[dict[str, Any]]:
     """The whole-run charts, in a fixed order; absent data gives no chart."""
     figs: list[tuple[str, dict[str, Any] | None]] = [
         ("Loss and learning rate", _loss_figure(run)),
-        ("Global gradient norm", chart_figure(run, Chart("steps:grad_norm", "Global gradient norm", log_y=True))),
+        ("Global gradient norm", chart_figure(run, _grad_norm_chart(run))),
         ("Gradient heatmap", _heatmap(run)),
         ("Activation std", chart_figure(run, Chart("activations:std", "Activation std per layer", log_y=True))),
         ("Activation mean", chart_figure(run, Chart("activations:mean", "Activation mean per layer"))),

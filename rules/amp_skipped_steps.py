@@ -43,14 +43,6 @@ BF16_OR_FP32_LOSS = Fix(
     GENERAL,
     "with torch.autocast('cuda', dtype=torch.bfloat16):\n    logits = model(x)\nloss = loss_fn(logits.float(), y)",
 )
-UNSCALE_THEN_CLIP = Fix(
-    "With GradScaler, unscale before clipping, or the clip threshold applies to the scaled gradients.",
-    GENERAL,
-    "scaler.scale(loss).backward()\nscaler.unscale_(optimizer)\n"
-    "torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\nscaler.step(optimizer)\nscaler.update()",
-)
-
-
 @dataclass(frozen=True)
 class Thresholds:
     max_streak: int = 8  # consecutive skipped iterations
@@ -64,7 +56,7 @@ class AmpSkippedSteps(Rule):
     severity = "warning"
     requires = ("amp_skipped",)
     Thresholds = Thresholds
-    fixes = (fixes.CLIP_GRAD_NORM, UNSCALE_THEN_CLIP, fixes.LOWER_LR, BF16_OR_FP32_LOSS)
+    fixes = (fixes.CLIP_GRAD_NORM, fixes.UNSCALE_THEN_CLIP, fixes.LOWER_LR, BF16_OR_FP32_LOSS)
 
     def check(self, run, t):
         skipped = run.steps["amp_skipped"].fillna(0.0)

@@ -6,6 +6,8 @@ What it detects:
     recurrent matrix multiplying between two samples (the weights blown away by
     one step); or a sustained geometric rise of the gradient norm over the run.
     It names the parameter whose own norm jumped most at the first spike.
+    Where the run clips with ``clip_grad_norm_``, it judges the norm before clipping
+    (doctor.watch records it); the norm after clipping would hide the spikes.
 
 Why it matters:
     One oversized step throws the weights far from where they were: a recurrent
@@ -69,7 +71,11 @@ class ExplodingGradients(Rule):
     fixes = (fixes.CLIP_GRAD_NORM, fixes.LOWER_LR, fixes.WARMUP, fixes.VARIANCE_INIT)
 
     def check(self, run, t):
-        g = finite_part(run.steps["grad_norm"], run).dropna()
+        preclip = run.has("grad_norm_preclip")
+        g = run.steps["grad_norm"]
+        if preclip:  # clipping caps the recorded norm: judge the norm the gradient really had
+            g = run.steps["grad_norm_preclip"].combine_first(g)
+        g = finite_part(g, run).dropna()
         g = g[np.isfinite(g.to_numpy())]
         if len(g) < 10:
             return []
@@ -125,7 +131,13 @@ class ExplodingGradients(Rule):
                 name, (before, after, _) = next(iter(jumps.items()))
                 summary += f"; recurrent `{name}` went from sigma_max {fmt(before)} to {fmt(after)}"
             layers += [k for k in jumps if k not in layers]
-        charts = [Chart("steps:grad_norm", "Global gradient norm", highlight=where, log_y=True)]
+        if preclip:
+            evidence["before_clipping"] = True
+            summary = summary.replace("gradient norm", "gradient norm (before clipping)", 1)
+            title = "Gradient norm before clipping (and after)"
+            charts = [Chart("steps:grad_norm_preclip", title, columns=("grad_norm",), highlight=where, log_y=True)]
+        else:
+            charts = [Chart("steps:grad_norm", "Global gradient norm", highlight=where, log_y=True)]
         if run.has("loss"):
             charts.append(Chart("steps:loss", "Training loss", highlight=where))
         if jumps:

@@ -471,6 +471,49 @@ def healthy_fp16(log: Path) -> None:
     train_fp16_regression(log, target_scale=1.0, reduction="mean")
 
 
+def train_clipped_regression(log: Path, target_scale: float, steps: int = 300) -> None:
+    """A ReLU MLP regressing a smooth teacher, SGD with momentum, the gradient norm clipped at 1.0 every step."""
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+    optimizer = torch.optim.SGD(model.parameters(), 1e-2, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2048, 8, generator=g)
+    y = torch.tanh(x @ torch.randn(8, 1, generator=g)) * target_scale
+    with doctor.watch(model, optimizer, log=log) as run:
+        for xb, yb in batches(x, y, 64, steps, seed=7):
+            loss = nn.functional.mse_loss(model(xb), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            run.log(loss=loss)
+
+
+@scenario("persistent_clipping")
+def clipped_unscaled_targets(log: Path) -> None:
+    """Regression targets left at scale 100 and clip_grad_norm_(1.0): every step is clipped by ~400x."""
+    seed()
+    train_clipped_regression(log, target_scale=100.0)
+
+
+@scenario()
+def healthy_clipped_regression(log: Path) -> None:
+    """The same regression on unit-scale targets: the clip at 1.0 is there for spikes and never bites."""
+    seed()
+    train_clipped_regression(log, target_scale=1.0)
+
+
+@scenario("bad_init", "persistent_clipping")
+def clip_hides_big_init(log: Path) -> None:
+    """Document 002's case: the N(0, 1)-initialized ReLU MLP trained with SGD and clipping, which hides the init."""
+    seed()
+    model = mlp([FEATURES] + [64] * 5 + [CLASSES])
+    for m in model:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=1.0)
+    opt = torch.optim.SGD(model.parameters(), 1e-2, momentum=0.9)
+    train_classifier(log, model, opt, teacher_data(4096, 1), 300, clip=1.0)
+
+
 # ----------------------------------------------------------------------------- evaluation
 def record(name: str, directory: Path) -> Path:
     path = Path(directory) / f"{name}.log"
