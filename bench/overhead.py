@@ -10,6 +10,9 @@ Each round runs one block of each, in alternating order; a round's ratio compare
 figure printed is the median over rounds, which cancels slow drift of a shared machine.
 torch.utils.tensorboard is not installed here, so its histograms are not compared.
 
+Then, per workload, the cost doctor adds to a ``clip_grad_norm_`` call (it records the pre-clip norm the
+call returns): calls with and without an open run, interleaved.
+
     python bench/overhead.py [--device cuda] [--blocks 12] [--steps 20]
 """
 
@@ -207,6 +210,35 @@ def measure(name, make, data, device, blocks, steps, log_dir):
     return out
 
 
+def clip_observer_cost(make, data, device, repeats=15, calls=40):
+    """Time per clip_grad_norm_ call, unwatched and watched (doctor observes the call), interleaved.
+
+    The observer keeps the total norm the call returns, so its cost is Python bookkeeping only: reading the
+    parameter iterable once, a set of ids, one dict entry. Returns (plain, watched) median seconds per call.
+    """
+    torch.manual_seed(0)
+    model = make().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-4)
+    x, y = (t.to(device) for t in data())
+    nn.CrossEntropyLoss()(model(x), y).backward()
+    original = torch.nn.utils.clip_grad_norm_
+    per_call = {"plain": [], "watched": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        run = doctor.watch(model, optimizer, log=Path(tmp) / "clip.log")
+        wrapped = torch.nn.utils.clip_grad_norm_
+        order = (("plain", original), ("watched", wrapped))
+        for r in range(repeats):
+            for mode, fn in order if r % 2 == 0 else order[::-1]:
+                sync(device)
+                start = time.perf_counter()
+                for _ in range(calls):
+                    fn(model.parameters(), 1e9)  # a limit never reached: the gradients stay as they are
+                sync(device)
+                per_call[mode].append((time.perf_counter() - start) / calls)
+        run.close()
+    return statistics.median(per_call["plain"]), statistics.median(per_call["watched"])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -242,6 +274,13 @@ def main():
                 f"{name:28} {1e3 * p_med:9.2f} {1e3 * d_med:10.2f} {d_x:9.3f} {d_mean / p_mean:6.3f} "
                 f"{1e3 * hooks:9.3f} {100 * hooks / p_mean:7.2f}% "
                 f"{1e3 * n_med:9.2f} {n_x:8.3f} {n_mean / p_mean:6.3f} {tb}",
+                flush=True,
+            )
+            plain_clip, watched_clip = clip_observer_cost(make, data, device)
+            print(
+                f"{'':28} clip_grad_norm_ per call: {1e6 * plain_clip:.0f} us unwatched, {1e6 * watched_clip:.0f} us "
+                f"watched: the observer adds {1e6 * (watched_clip - plain_clip):.0f} us, "
+                f"{100 * (watched_clip - plain_clip) / p_mean:.2f}% of the plain step",
                 flush=True,
             )
 

@@ -333,7 +333,7 @@ def _grad_norm_chart(run: RunView) -> Chart:
     max_norm = steps_series(run, "clip_max_norm")
     return Chart(
         "steps:grad_norm_preclip",
-        "Global gradient norm before clipping (grad_norm_preclip) and after (grad_norm); max_norm dashed",
+        "Gradient norm before and after clipping",
         columns=("grad_norm",),
         threshold=float(max_norm.median()) if max_norm is not None else None,
         log_y=True,

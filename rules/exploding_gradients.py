@@ -33,7 +33,11 @@ Thresholds:
 Known false positives:
     A spike the run recovers from (the loss ends back below where it was before
     the spike) is reported as a warning, not an error: it was real, and clipping
-    still protects the next one. A deliberate learning-rate restart can produce
+    still protects the next one. If the run already clips and the clip cut that
+    spike, a recovered spike is only an info note (the clip did its job; a zoo
+    tanh RNN clipped at 1.0 has a 32x spike at step 12 at one seed and learns),
+    and an unrecovered one is still an error, with a lower learning rate and
+    warm-up as the advice instead of clipping. A deliberate learning-rate restart can produce
     one spike with a loss bump.
     Spikes need 5 steps of history, so a blow-up in the first steps is caught
     by the spectral jump or by `nonfinite` instead.
@@ -146,11 +150,38 @@ class ExplodingGradients(Rule):
             charts.append(
                 Chart("grad_norms", "Gradient norm per parameter", columns=tuple(layers[:4]), highlight=where, log_y=True)
             )
-        severity = None
+        severity, ranked = None, None
+        clip_limit = self._clip_limit_at(run, evidence.get("peak_step", first)) if preclip else None
+        if clip_limit is not None:  # the run clips and the clip bit at the spike: "clip" is no longer the advice
+            evidence["clipped_to"] = clip_limit
+            ranked = (fixes.LOWER_LR, fixes.WARMUP, fixes.VARIANCE_INIT)
         if not spikes.empty and not jumps and self._recovered(run, where[1], t):
-            severity = "warning"
-            summary += "; the loss recovered afterwards, but the next spike may not be survivable"
-        return [self.finding(summary + ".", steps=where, layers=layers, evidence=evidence, charts=charts, severity=severity)]
+            if clip_limit is not None:
+                severity = "info"
+                summary += (
+                    f"; clip_grad_norm_ cut it to {fmt(clip_limit)} and the loss recovered: the clip did the job "
+                    "it is there for"
+                )
+            else:
+                severity = "warning"
+                summary += "; the loss recovered afterwards, but the next spike may not be survivable"
+        elif clip_limit is not None:
+            summary += f"; clip_grad_norm_ cut it to {fmt(clip_limit)}, and that was not enough"
+        return [
+            self.finding(
+                summary + ".", steps=where, layers=layers, evidence=evidence, charts=charts, severity=severity, fixes=ranked
+            )
+        ]
+
+    @staticmethod
+    def _clip_limit_at(run, step):
+        """The max_norm the spike's step was clipped to, when clip_grad_norm_ actually cut that step."""
+        if "clip_max_norm" not in run.steps or step not in run.steps.index:
+            return None
+        limit, before = run.steps.at[step, "clip_max_norm"], run.steps.at[step, "grad_norm_preclip"]
+        if not (np.isfinite(limit) and np.isfinite(before)) or before <= limit:
+            return None
+        return float(limit)
 
     @staticmethod
     def _recovered(run, step, t):

@@ -112,7 +112,7 @@ class PersistentClipping(Rule):
         charts = [
             Chart(
                 "steps:grad_norm_preclip",
-                "Gradient norm before clipping (and after: grad_norm), max_norm dashed",
+                "Gradient norm before and after clipping; max_norm dashed",
                 columns=("grad_norm",),
                 highlight=span(over.index),
                 threshold=max_norm,

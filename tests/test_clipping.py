@@ -205,5 +205,21 @@ def test_exploding_gradients_judges_the_norm_before_clipping(tmp_path, rules):
     assert f.evidence["peak_grad_norm"] > 5.0  # above the clip: the recorded (post-clip) norm never exceeds 5
     assert view.steps["grad_norm"].max() <= 5.0 * (1 + 1e-4)
     assert view.steps["grad_norm_preclip"].max() > 100  # the blow-up the clip hid
-    assert "(before clipping)" in f.summary
+    assert "(before clipping)" in f.summary and "that was not enough" in f.summary
+    assert f.severity == "error" and f.fixes[0] == fixes.LOWER_LR  # it already clips: lower the rate instead
     assert f.charts[0].series == "steps:grad_norm_preclip"
+
+
+def test_a_spike_the_clip_cut_and_the_run_recovered_from_is_only_an_info_note(tmp_path, rules, monkeypatch):
+    """The zoo's clipped tanh RNN at seed offset 1000: a 30x gradient spike at step ~12, clipped to 1.0, then it learns."""
+    import tests.zoo as zoo
+
+    monkeypatch.setattr(zoo, "SEED_OFFSET", 1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        log = zoo.record("healthy_rnn_clipped", tmp_path)
+    f = next(f for f in analyze(load_run(log), rules).findings if f.rule == "exploding_gradients")
+    assert f.severity == "info" and f.evidence["clipped_to"] == 1.0
+    assert f.evidence["peak_ratio"] > 10 and f.evidence["peak_grad_norm"] > 10  # the spike was real...
+    assert "the clip did the job" in f.summary  # ...and contained
+    assert fixes.CLIP_GRAD_NORM not in f.fixes  # it already clips: the advice is not "clip"
