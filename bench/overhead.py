@@ -153,10 +153,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def measure(name, make, data, device, blocks, steps, log_dir):
-    """Three identical models (plain, watched for the whole run, naive monitor), stepped in alternating blocks."""
-    x, y = (t.to(device) for t in data())
-    loss_fn = nn.CrossEntropyLoss()
+def _setups(name, make, device, log_dir):
+    """One identical model and optimizer per mode: (model, optimizer, doctor run or None, other monitor or None)."""
     setups = {}
     modes = ("plain", "doctor", "naive", "tensorboard") if tensorboard_installed() else ("plain", "doctor", "naive")
     for mode in modes:
@@ -164,15 +162,26 @@ def measure(name, make, data, device, blocks, steps, log_dir):
         model = make().to(device)
         optimizer = torch.optim.Adam(model.parameters(), 1e-4)
         run = doctor.watch(model, optimizer, log=Path(log_dir) / f"{name}.log") if mode == "doctor" else None
-        naive = NaiveMonitor(model) if mode == "naive" else None
+        monitor = NaiveMonitor(model) if mode == "naive" else None
         if mode == "tensorboard":
-            naive = TensorBoardMonitor(model, Path(log_dir) / f"tb-{name}")
-        setups[mode] = (model, optimizer, run, naive)
+            monitor = TensorBoardMonitor(model, Path(log_dir) / f"tb-{name}")
+        setups[mode] = (model, optimizer, run, monitor)
+    return setups
+
+
+def measure(name, make, data, device, blocks, steps, log_dir):
+    """Three identical models (plain, watched for the whole run, naive monitor), stepped in alternating blocks."""
+    x, y = (t.to(device) for t in data())
+    loss_fn = nn.CrossEntropyLoss()
+    setups = _setups(name, make, device, log_dir)
     times = {m: [] for m in setups}
     rounds = {m: [] for m in setups}  # median step time of each block
+    peaks = {m: 0 for m in setups}  # CUDA: peak allocated bytes during a block (every model stays resident)
 
     def one_block(mode, record=True):
         model, optimizer, run, naive = setups[mode]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         for _ in range(steps):
             sync(device)
             start = time.perf_counter()
@@ -190,6 +199,8 @@ def measure(name, make, data, device, blocks, steps, log_dir):
                 times[mode].append(time.perf_counter() - start)
         if record:
             rounds[mode].append(statistics.median(times[mode][-steps:]))
+            if device.type == "cuda":
+                peaks[mode] = max(peaks[mode], torch.cuda.max_memory_allocated(device))
 
     for mode in setups:  # warm-up
         one_block(mode, record=False)
@@ -207,6 +218,7 @@ def measure(name, make, data, device, blocks, steps, log_dir):
     paired = {m: statistics.median(a / b for a, b in zip(rounds[m], rounds["plain"])) for m in rounds}
     out = {m: (statistics.median(v), statistics.fmean(v), paired[m]) for m, v in times.items()}
     out["hooks"] = hook_seconds / len(times["doctor"])
+    out["peak_mb"] = {m: b / 2**20 for m, b in peaks.items()}
     return out
 
 
@@ -276,6 +288,13 @@ def main():
                 f"{1e3 * n_med:9.2f} {n_x:8.3f} {n_mean / p_mean:6.3f} {tb}",
                 flush=True,
             )
+            if device.type == "cuda":
+                peak = med["peak_mb"]
+                print(
+                    f"{'':28} peak CUDA memory in a block: {peak['plain']:.1f} MB plain, {peak['doctor']:.1f} MB watched "
+                    f"(+{peak['doctor'] - peak['plain']:.1f} MB)",
+                    flush=True,
+                )
             plain_clip, watched_clip = clip_observer_cost(make, data, device)
             print(
                 f"{'':28} clip_grad_norm_ per call: {1e6 * plain_clip:.0f} us unwatched, {1e6 * watched_clip:.0f} us "

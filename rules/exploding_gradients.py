@@ -76,11 +76,7 @@ class ExplodingGradients(Rule):
 
     def check(self, run, t):
         preclip = run.has("grad_norm_preclip")
-        g = run.steps["grad_norm"]
-        if preclip:  # clipping caps the recorded norm: judge the norm the gradient really had
-            g = run.steps["grad_norm_preclip"].combine_first(g)
-        g = finite_part(g, run).dropna()
-        g = g[np.isfinite(g.to_numpy())]
+        g = self._gradient_norm(run, preclip)
         if len(g) < 10:
             return []
         spikes, ratio, baseline = self._harmful_spikes(run, g, t)
@@ -138,18 +134,7 @@ class ExplodingGradients(Rule):
         if preclip:
             evidence["before_clipping"] = True
             summary = summary.replace("gradient norm", "gradient norm (before clipping)", 1)
-            title = "Gradient norm before clipping (and after)"
-            charts = [Chart("steps:grad_norm_preclip", title, columns=("grad_norm",), highlight=where, log_y=True)]
-        else:
-            charts = [Chart("steps:grad_norm", "Global gradient norm", highlight=where, log_y=True)]
-        if run.has("loss"):
-            charts.append(Chart("steps:loss", "Training loss", highlight=where))
-        if jumps:
-            charts.append(Chart("spectra", "Largest singular value of recurrent weights", columns=tuple(jumps), threshold=1.0))
-        elif not run.grad_norms.empty and layers:
-            charts.append(
-                Chart("grad_norms", "Gradient norm per parameter", columns=tuple(layers[:4]), highlight=where, log_y=True)
-            )
+        charts = self._charts(run, where, layers, jumps, preclip)
         severity, ranked = None, None
         clip_limit = self._clip_limit_at(run, evidence.get("peak_step", first)) if preclip else None
         if clip_limit is not None:  # the run clips and the clip bit at the spike: "clip" is no longer the advice
@@ -172,6 +157,32 @@ class ExplodingGradients(Rule):
                 summary + ".", steps=where, layers=layers, evidence=evidence, charts=charts, severity=severity, fixes=ranked
             )
         ]
+
+    @staticmethod
+    def _gradient_norm(run, preclip):
+        """The global norm to judge: before clipping where the run clipped (the recorded norm is capped there)."""
+        g = run.steps["grad_norm"]
+        if preclip:
+            g = run.steps["grad_norm_preclip"].combine_first(g)
+        g = finite_part(g, run).dropna()
+        return g[np.isfinite(g.to_numpy())]
+
+    @staticmethod
+    def _charts(run, where, layers, jumps, preclip):
+        if preclip:
+            title = "Gradient norm before clipping (and after)"
+            charts = [Chart("steps:grad_norm_preclip", title, columns=("grad_norm",), highlight=where, log_y=True)]
+        else:
+            charts = [Chart("steps:grad_norm", "Global gradient norm", highlight=where, log_y=True)]
+        if run.has("loss"):
+            charts.append(Chart("steps:loss", "Training loss", highlight=where))
+        if jumps:
+            charts.append(Chart("spectra", "Largest singular value of recurrent weights", columns=tuple(jumps), threshold=1.0))
+        elif not run.grad_norms.empty and layers:
+            charts.append(
+                Chart("grad_norms", "Gradient norm per parameter", columns=tuple(layers[:4]), highlight=where, log_y=True)
+            )
+        return charts
 
     @staticmethod
     def _clip_limit_at(run, step):

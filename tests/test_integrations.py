@@ -7,6 +7,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -56,6 +57,7 @@ def test_lightning_callback_records_a_run_that_doctor_diagnoses(tmp_path, rules)
         val_check_interval=50,
         log_every_n_steps=1,
         logger=CSVLogger(tmp_path / "csv"),
+        gradient_clip_val=5.0,  # Lightning clips through torch.nn.utils.clip_grad_norm_: doctor sees the call
         callbacks=[DoctorCallback(tmp_path / "run.log"), LearningRateMonitor("step")],
         accelerator="cpu",
         enable_progress_bar=False,
@@ -71,6 +73,7 @@ def test_lightning_callback_records_a_run_that_doctor_diagnoses(tmp_path, rules)
     assert view.steps["val_loss"].notna().sum() >= 6
     assert not view.grad_norms.empty and not view.activations["std"].empty
     assert view.steps["lr"].iloc[-1] == pytest.approx(1e-3 * 0.98**399, rel=1e-3)
+    assert view.steps["grad_norm_preclip"].notna().sum() == 400 and (view.steps["clip_max_norm"] == 5.0).all()
     assert [f.rule for f in analyze(view, rules).findings] == ["lr_decay_too_fast"]
 
     metrics = next((tmp_path / "csv").rglob("metrics.csv"))  # the same run, as Lightning's own CSV logger saw it
@@ -146,6 +149,13 @@ def test_hugging_face_callback_records_a_run_that_doctor_diagnoses(tmp_path, rul
     external = load_run(tmp_path / "trainer_state.json")
     assert external.steps["loss"].notna().sum() == 60 and external.steps["val_loss"].notna().sum() == 3
     assert [f.rule for f in analyze(external, rules).findings] == ["loss_plateau"]
+    # The Trainer clips at max_grad_norm=1.0 through Accelerate and logs the norm it got back: the same pre-clip
+    # norm doctor recorded for that step (the Trainer counts steps from 1, doctor from 0).
+    preclip = view.steps["grad_norm_preclip"]
+    assert preclip.notna().sum() == 300 and (view.steps["clip_max_norm"] == 1.0).all()
+    logged = external.steps["grad_norm"].dropna()
+    assert len(logged) == 60
+    np.testing.assert_allclose(preclip.loc[logged.index - 1].to_numpy(), logged.to_numpy(), rtol=1e-4)
 
 
 def test_the_core_imports_no_framework():
