@@ -328,14 +328,20 @@ def healthy_adamw_decay(log: Path) -> None:
     train_classifier(log, model, torch.optim.AdamW(model.parameters(), 1e-2, weight_decay=0.3), teacher_data(4096, 1), 400)
 
 
+def big_init_mlp(norm: bool = False) -> nn.Sequential:
+    """A 6-layer ReLU MLP (batch norm after each hidden layer if ``norm``) with N(0, 1) weights: far too large."""
+    model = mlp([FEATURES] + [64] * 5 + [CLASSES], norm=norm)
+    for m in model:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=1.0)
+    return model
+
+
 @scenario("bad_init")
 def relu_big_init(log: Path) -> None:
     """A 6-layer ReLU MLP initialized with N(0, 1) weights: activations grow ~5x per layer at step 0."""
     seed()
-    model = mlp([FEATURES] + [64] * 5 + [CLASSES])
-    for m in model:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=1.0)
+    model = big_init_mlp()
     train_classifier(log, model, torch.optim.Adam(model.parameters(), 1e-3), teacher_data(4096, 1), 300)
 
 
@@ -343,10 +349,7 @@ def relu_big_init(log: Path) -> None:
 def bn_hides_bad_init(log: Path) -> None:
     """Document 002's case: batch norm after every layer hides an N(0, 1) init that is far too large."""
     seed()
-    model = mlp([FEATURES] + [64] * 5 + [CLASSES], norm=True)
-    for m in model:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=1.0)
+    model = big_init_mlp(norm=True)
     train_classifier(log, model, torch.optim.Adam(model.parameters(), 1e-3), teacher_data(4096, 1), 300)
 
 
@@ -506,10 +509,7 @@ def healthy_clipped_regression(log: Path) -> None:
 def clip_hides_big_init(log: Path) -> None:
     """Document 002's case: the N(0, 1)-initialized ReLU MLP trained with SGD and clipping, which hides the init."""
     seed()
-    model = mlp([FEATURES] + [64] * 5 + [CLASSES])
-    for m in model:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=1.0)
+    model = big_init_mlp()
     opt = torch.optim.SGD(model.parameters(), 1e-2, momentum=0.9)
     train_classifier(log, model, opt, teacher_data(4096, 1), 300, clip=1.0)
 
