@@ -223,3 +223,24 @@ def test_a_spike_the_clip_cut_and_the_run_recovered_from_is_only_an_info_note(tm
     assert f.evidence["peak_ratio"] > 10 and f.evidence["peak_grad_norm"] > 10  # the spike was real...
     assert "the clip did the job" in f.summary  # ...and contained
     assert fixes.CLIP_GRAD_NORM not in f.fixes  # it already clips: the advice is not "clip"
+
+
+def test_another_wrapper_on_top_of_doctors_keeps_working_across_runs(tmp_path, tiny_mlp, monkeypatch):
+    """A library that wraps clip_grad_norm_ while a run is open: doctor leaves its chain in place, never loops."""
+    first, _ = _clipped_training(tiny_mlp, tmp_path / "a.log", steps=2)  # doctor on and off once: the plain state
+    calls = []
+    opened = doctor.watch(tiny_mlp, torch.optim.SGD(tiny_mlp.parameters(), 0.1), log=tmp_path / "b.log")
+    inner = torch.nn.utils.clip_grad_norm_
+
+    def theirs(*args, **kwargs):
+        calls.append(1)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", theirs)
+    opened.close()
+    assert torch.nn.utils.clip_grad_norm_ is theirs  # not torn out from under them
+    returned, _ = _clipped_training(tiny_mlp, tmp_path / "c.log", steps=5)  # a new run wraps their wrapper
+    assert len(calls) == 5 and len(returned) == 5
+    steps = load_run(tmp_path / "c.log").steps
+    np.testing.assert_allclose(steps["grad_norm_preclip"].to_numpy(), returned, rtol=1e-5)
+    assert torch.nn.utils.clip_grad_norm_ is theirs

@@ -59,16 +59,16 @@ def _modules() -> list[types.ModuleType]:
 def _install() -> None:
     global _original, _wrapper
     current = torch.nn.utils.clip_grad_norm_
-    if getattr(current, "_doctor_wrapper", False):  # ours, left inside another library's chain: still live
+    if getattr(current, "_doctor_wrapper", False):  # ours, still in place
         return
-    _original = current
+    original = _original = current  # each wrapper keeps its own: an old one may live on inside another's chain
 
     @functools.wraps(current)
     def clip_grad_norm_(*args: Any, **kwargs: Any) -> Any:
         if not _runs:
-            return _original(*args, **kwargs)
+            return original(*args, **kwargs)
         args, kwargs, params = _parameters_of(args, kwargs)
-        total = _original(*args, **kwargs)
+        total = original(*args, **kwargs)
         _tell_runs(params, args, kwargs, total)
         return total
 
@@ -91,7 +91,8 @@ def _parameters_of(args: tuple, kwargs: dict) -> tuple[tuple, dict, list[Any]]:
     """The parameters of a call, read without consuming what the original will read.
 
     A generator is read into a list and handed on as a generator over that list (so the original still warns
-    about an empty one); any other one-shot iterator is handed on as the list.
+    about an empty one); any other one-shot iterator is handed on as the list. An iterable that raises while it
+    is read raises here exactly as it would have inside the original, which reads it the same way first.
     """
     in_kwargs = not args
     parameters = kwargs.get("parameters") if in_kwargs else args[0]
