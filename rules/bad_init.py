@@ -6,7 +6,8 @@ What it detects:
     gain: the std of its output over the std of its input. A layer whose weights
     are far off that scale and whose gain is far from 1 is badly initialized. If
     the next layer is a normalization layer, the finding says batch norm is
-    masking it (document 002's case). The initial loss against chance level
+    masking it (document 002's case); a gradient clip that rescales most steps
+    because of it is shown as a consequence. The initial loss against chance level
     (ln C for C classes) is shown as supporting evidence.
 
 Why it matters:
@@ -61,6 +62,8 @@ class BadInit(Rule):
     requires = ("activations", "weight_norms")
     Thresholds = Thresholds
     fixes = (fixes.VARIANCE_INIT, fixes.VARIANCE_BY_FAN, fixes.BN_HIDES_INIT)
+    # Oversized weights make oversized gradients: a clip that rescales every step is then the init's doing.
+    explains = ("persistent_clipping",)
 
     def check(self, run, t):
         weights0 = run.weight_norms.iloc[0]

@@ -196,9 +196,11 @@ def test_exploding_gradients_judges_the_norm_before_clipping(tmp_path, rules):
         nn.init.orthogonal_(model.rnn.weight_hh_l0)
         model.rnn.weight_hh_l0.mul_(1.2)
     optimizer = torch.optim.SGD(model.parameters(), 0.05, momentum=0.9)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         train_classifier(tmp_path / "x.log", model, optimizer, memory_data(2048, 1, length=50), 120, clip=5.0)
+    live = [str(w.message) for w in caught if "spiked" in str(w.message)]
+    assert len(live) == 1 and live[0].startswith("doctor: the gradient norm before clipping spiked to")
     view = load_run(tmp_path / "x.log")
     f = next(f for f in analyze(view, rules).findings if f.rule == "exploding_gradients")
     assert f.evidence["before_clipping"] is True
@@ -244,3 +246,13 @@ def test_another_wrapper_on_top_of_doctors_keeps_working_across_runs(tmp_path, t
     steps = load_run(tmp_path / "c.log").steps
     np.testing.assert_allclose(steps["grad_norm_preclip"].to_numpy(), returned, rtol=1e-5)
     assert torch.nn.utils.clip_grad_norm_ is theirs
+
+
+def test_a_clip_that_hides_a_bad_init_is_shown_as_the_inits_consequence(zoo_analysis):
+    """Document 002's case: clipping keeps an N(0, 1) init's gradients in range, and hides it."""
+    analysis = zoo_analysis("clip_hides_big_init")
+    cause = next(f for f in analysis.findings if f.rule == "bad_init")
+    clipping = next(c for c in cause.consequences if c.rule == "persistent_clipping")
+    assert clipping.evidence["clipped_share_second_half"] == 1.0
+    assert clipping.evidence["median_preclip_over_max_norm"] > 1000
+    assert "persistent_clipping" not in {f.rule for f in analysis.findings}

@@ -701,7 +701,7 @@ class Run:
                 record["clip_max_norm"] = [_smallest_max_norm(r) for r in rows]
             self._writer.write(record)
             self._check_nonfinite(steps, scalars.get("loss"), grad_total)
-            self._check_spike(steps, [g if p is None else p for p, g in zip(preclip, grad_total)])
+            self._check_spike(steps, grad_total, preclip)
         if "grads" in values:
             self._writer.write(
                 {
@@ -762,23 +762,26 @@ class Run:
                     self._alarm = self._alarm or (step, f"non-finite {what} ({value}) at step {step}")
                     break
 
-    def _check_spike(self, steps: list[int], grad_total: list[float | None]) -> None:
+    def _check_spike(self, steps: list[int], grad_total: list[float | None], preclip: list[float | None]) -> None:
         """Live: warn once when the global gradient norm jumps 10x above its median over the 20 steps before it.
 
         The values are already on the host (this runs on a copied batch), so the check costs no sync; the
-        thresholds are those of the exploding_gradients rule, which says more after the run.
+        thresholds are those of the exploding_gradients rule, which says more after the run. Where the step was
+        clipped, the norm before clipping is the one judged (the clipped one cannot spike).
         """
         if self._spike_warned or not self.live:
             return
-        for step, value in zip(steps, grad_total):
+        for step, after, before in zip(steps, grad_total, preclip):
+            value = after if before is None else before
             if value is None or not math.isfinite(value):
                 continue
             if len(self._recent_grads) >= 5:
                 level = median(self._recent_grads)
                 if level > 0 and value > 10 * level:
                     self._spike_warned = True
+                    which = "gradient norm" if before is None else "gradient norm before clipping"
                     warnings.warn(
-                        f"doctor: the gradient norm spiked to {value:.3g} at step {step}, {value / level:.0f}x its median "
+                        f"doctor: the {which} spiked to {value:.3g} at step {step}, {value / level:.0f}x its median "
                         "over the steps before it (exploding gradients?); doctor analyze will say more",
                         RuntimeWarning,
                         stacklevel=2,
