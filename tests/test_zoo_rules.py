@@ -85,6 +85,7 @@ def test_bad_init_flags_layers_with_weights_far_above_he_scale(zoo_analysis):
     assert layer["weight_rms_over_he"] == pytest.approx(1 / math.sqrt(2 / 20), rel=0.1)  # N(0,1), fan_in 20
     assert layer["gain"] > 3
     assert f.evidence["initial_loss"] > 100 * f.evidence["chance_loss"]
+    assert "batch norm" not in " ".join(fix.text for fix in f.fixes)  # no batch norm here: no batch-norm test run
 
 
 def test_bad_init_under_batch_norm_says_it_is_masked(zoo_analysis):
