@@ -39,10 +39,12 @@ def test_arbitrary_bytes(rules, raw):
     _analyze_or_reject(raw, rules)
 
 
-def test_every_truncation_offset_of_a_real_log(real_log, rules):
-    cuts = sorted(set(range(0, len(real_log), max(1, len(real_log) // 300))) | {1, 2, len(real_log) - 1})
+@pytest.mark.parametrize("scenario", ["rnn_l2", "clipped_unscaled_targets"])
+def test_every_truncation_offset_of_a_real_log(zoo_log, rules, scenario):
+    raw = zoo_log(scenario).read_bytes()
+    cuts = sorted(set(range(0, len(raw), max(1, len(raw) // 300))) | {1, 2, len(raw) - 1})
     for cut in cuts:
-        _analyze_or_reject(real_log[:cut], rules)
+        _analyze_or_reject(raw[:cut], rules)
 
 
 @SETTINGS
@@ -80,6 +82,8 @@ _values = st.recursive(
                     "sigma_max",
                     "lr",
                     "grad_norm",
+                    "grad_norm_preclip",
+                    "clip_max_norm",
                     "type",
                     "update_ratio",
                 ]
@@ -106,6 +110,8 @@ def test_huge_and_non_finite_numbers_everywhere(real_log, rules):
         "kind": "steps",
         "step": [0, 1, 2],
         "grad_norm": [1e308, float("nan"), float("inf")],
+        "grad_norm_preclip": [float("inf"), 1e308, float("nan")],
+        "clip_max_norm": [0.0, -1.0, float("nan")],
         "scalars": {"loss": [float("-inf"), 1e308, float("nan")]},
         "lr": [[1e308], [None], [float("nan")]],
     }
