@@ -16,6 +16,7 @@ from doctor.engine import analyze
 from doctor.loader import load_run
 
 ORIGINAL_CLIP = torch.nn.utils.clip_grad_norm_
+ORIGINAL_VALUE_CLIP = torch.nn.utils.clip_grad_value_
 
 
 def _clipped_training(model, log, steps=20, clip=None, max_norm=0.5, **options):
@@ -30,7 +31,8 @@ def _clipped_training(model, log, steps=20, clip=None, max_norm=0.5, **options):
             optimizer.zero_grad()
             loss.backward()
             clip_fn = clip or torch.nn.utils.clip_grad_norm_  # looked up now, as Lightning and Accelerate do
-            returned.append(float(clip_fn((p for p in model.parameters()), max_norm)))
+            result = clip_fn((p for p in model.parameters()), max_norm)
+            returned.append(float(result) if result is not None else None)
             optimizer.step()
             run.log(loss=loss)
     return returned, run
@@ -256,3 +258,16 @@ def test_a_clip_that_hides_a_bad_init_is_shown_as_the_inits_consequence(zoo_anal
     assert clipping.evidence["clipped_share_second_half"] == 1.0
     assert clipping.evidence["median_preclip_over_max_norm"] > 1000
     assert "persistent_clipping" not in {f.rule for f in analysis.findings}
+
+
+def test_a_value_clip_is_noted_once_and_changes_nothing(tmp_path, tiny_mlp):
+    def clip_by_value(parameters, _):
+        return torch.nn.utils.clip_grad_value_(parameters, 0.01)  # looked up at call time, as Lightning does
+
+    returned, _ = _clipped_training(tiny_mlp, tmp_path / "v.log", clip=clip_by_value)
+    assert torch.nn.utils.clip_grad_value_ is ORIGINAL_VALUE_CLIP is torch.nn.utils.clip_grad.clip_grad_value_
+    view = load_run(tmp_path / "v.log")
+    skipped = view.events_of("skipped")
+    assert len(skipped) == 1 and "clip_value=0.01" in skipped[0]["reason"] and skipped[0]["step"] == 0
+    assert any("clipped by value" in note for note in view.notes)  # the report lists it
+    assert view.steps["grad_norm"].max() <= 0.01 * np.sqrt(sum(p.numel() for p in tiny_mlp.parameters()))

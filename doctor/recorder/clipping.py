@@ -1,4 +1,4 @@
-"""Gradient norms before clipping: ``torch.nn.utils.clip_grad_norm_`` observed while a run is open.
+"""Gradient norms before clipping: ``torch.nn.utils.clip_grad_norm_`` (and ``_value_``) observed while a run is open.
 
 Why: the recorder reads gradients in the optimizer's pre-step hook, after any clipping, so the gradient
 norm of a clipped run sits at ``max_norm`` and its real size is hidden (document 002's case analysis: clipping
@@ -11,6 +11,9 @@ and passes straight through). Lightning, Accelerate and the Hugging Face Trainer
 ``torch.nn.utils`` and are seen. Code that bound the name before ``watch()`` (``from torch.nn.utils import
 clip_grad_norm_`` at the top of a script) calls the original: ``run.log(grad_norm_preclip=..., clip_max_norm=...)``
 records it by hand, and the ``persistent_clipping`` rule still sees the norm pinned at the ceiling.
+
+``clip_grad_value_`` is observed too, only to say in the log that the recorded norms are after a value clip:
+how much such a clip cut would take another pass over every gradient, which doctor does not spend.
 
 The call itself is never changed: same arguments (a one-shot iterator is read once and handed on as an
 equivalent one), same result, same exceptions. What doctor does with it runs after the call, under a guard.
@@ -29,13 +32,12 @@ import torch
 
 _MODULES = ("torch.nn.utils", "torch.nn.utils.clip_grad")
 _lock = threading.Lock()
-_runs: weakref.WeakSet[Any] = weakref.WeakSet()  # open runs that want clip calls, each with record_clip(...)
-_original: Any = None
-_wrapper: Any = None
+_runs: weakref.WeakSet[Any] = weakref.WeakSet()  # open runs, each with record_clip(...) and record_value_clip(...)
+_installed: dict[str, tuple[Any, Any]] = {}  # function name -> (the function we found, our wrapper around it)
 
 
 def attach(run: Any) -> None:
-    """Start passing ``clip_grad_norm_`` calls on the parameters of ``run`` to ``run.record_clip``."""
+    """Start passing clip calls on the parameters of ``run`` to ``run.record_clip`` / ``run.record_value_clip``."""
     with _lock:
         if not _runs:
             _install()
@@ -43,7 +45,7 @@ def attach(run: Any) -> None:
 
 
 def detach(run: Any) -> None:
-    """Stop for ``run``; the last run to go takes the wrapper off again."""
+    """Stop for ``run``; the last run to go takes the wrappers off again."""
     with _lock:
         _runs.discard(run)
         if not _runs:
@@ -56,35 +58,54 @@ def _modules() -> list[types.ModuleType]:
     return [importlib.import_module(name) for name in _MODULES]
 
 
-def _install() -> None:
-    global _original, _wrapper
-    current = torch.nn.utils.clip_grad_norm_
-    if getattr(current, "_doctor_wrapper", False):  # ours, still in place
-        return
-    original = _original = current  # each wrapper keeps its own: an old one may live on inside another's chain
+def _norm_clip(run: Any, ids: set[int], args: tuple, kwargs: dict, total: Any) -> None:
+    max_norm = args[1] if len(args) > 1 else kwargs.get("max_norm")
+    norm_type = args[2] if len(args) > 2 else kwargs.get("norm_type", 2.0)
+    run.record_clip(ids, total, max_norm, norm_type)
 
-    @functools.wraps(current)
-    def clip_grad_norm_(*args: Any, **kwargs: Any) -> Any:
+
+def _value_clip(run: Any, ids: set[int], args: tuple, kwargs: dict, _result: Any) -> None:
+    run.record_value_clip(ids, args[1] if len(args) > 1 else kwargs.get("clip_value"))
+
+
+_OBSERVERS = {"clip_grad_norm_": _norm_clip, "clip_grad_value_": _value_clip}
+
+
+def _install() -> None:
+    for name, observe in _OBSERVERS.items():
+        current = getattr(torch.nn.utils, name, None)
+        if current is None or getattr(current, "_doctor_wrapper", False):  # missing, or ours still in place
+            continue
+        wrapper = _wrap(current, observe)
+        _installed[name] = (current, wrapper)
+        for module in _modules():
+            if getattr(module, name, None) is current:
+                setattr(module, name, wrapper)
+
+
+def _wrap(original: Any, observe: Any) -> Any:
+    """A pass-through around ``original`` that shows each call to the open runs (each wrapper keeps its own
+    original: an old wrapper may live on inside another library's chain, and must not call a newer one)."""
+
+    @functools.wraps(original)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not _runs:
             return original(*args, **kwargs)
         args, kwargs, params = _parameters_of(args, kwargs)
-        total = original(*args, **kwargs)
-        _tell_runs(params, args, kwargs, total)
-        return total
+        result = original(*args, **kwargs)
+        _tell_runs(observe, params, args, kwargs, result)
+        return result
 
-    clip_grad_norm_._doctor_wrapper = True  # type: ignore[attr-defined]
-    _wrapper = clip_grad_norm_
-    for module in _modules():
-        if getattr(module, "clip_grad_norm_", None) is current:
-            module.clip_grad_norm_ = clip_grad_norm_  # type: ignore[attr-defined]
+    wrapper._doctor_wrapper = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 def _uninstall() -> None:
-    if _wrapper is None:
-        return
-    for module in _modules():
-        if getattr(module, "clip_grad_norm_", None) is _wrapper:  # else someone wrapped us: leave their chain
-            module.clip_grad_norm_ = _original  # type: ignore[attr-defined]
+    for name, (original, wrapper) in list(_installed.items()):
+        for module in _modules():
+            if getattr(module, name, None) is wrapper:  # else someone wrapped us: leave their chain
+                setattr(module, name, original)
+        del _installed[name]
 
 
 def _parameters_of(args: tuple, kwargs: dict) -> tuple[tuple, dict, list[Any]]:
@@ -112,13 +133,11 @@ def _parameters_of(args: tuple, kwargs: dict) -> tuple[tuple, dict, list[Any]]:
         return args, kwargs, []
 
 
-def _tell_runs(params: list[Any], args: tuple, kwargs: dict, total: Any) -> None:
-    """Hand the pre-clip norm to every open run that owns the clipped parameters; never raise."""
+def _tell_runs(observe: Any, params: list[Any], args: tuple, kwargs: dict, result: Any) -> None:
+    """Show the call to every open run that owns the clipped parameters; never raise."""
     try:
-        max_norm = args[1] if len(args) > 1 else kwargs.get("max_norm")
-        norm_type = args[2] if len(args) > 2 else kwargs.get("norm_type", 2.0)
         ids = {id(p) for p in params if isinstance(p, torch.Tensor)}
         for run in list(_runs):
-            run.record_clip(ids, total, max_norm, norm_type)
+            observe(run, ids, args, kwargs, result)
     except Exception:  # noqa: BLE001 - a run's own guard reports its errors; this only protects the caller
         pass

@@ -296,6 +296,17 @@ class Run:
             if _still_scaled(self._scaler, self.optimizer):
                 self._safe("log", lambda: self._event("clip_before_unscale", step=self.step))
 
+    def record_value_clip(self, ids: set[int], clip_value: Any) -> None:
+        """Say once that gradients were clipped by value: every norm recorded after it is of clipped gradients."""
+        if self.closed or ids.isdisjoint(self._param_ids):
+            return
+        self._note_skipped(
+            "clipping",
+            "gradient norms before clip_grad_value_",
+            f"the gradients were clipped by value (clip_value={clip_value}) from step {self.step}; the recorded norms "
+            "are after that clip, and how much it cut is not measured",
+        )
+
     @property
     def hook_count(self) -> int:
         """How many hooks this run holds (zero after ``close()``)."""
