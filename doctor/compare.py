@@ -23,7 +23,7 @@ from doctor.report import (
     _script_json,
     steps_series,
 )
-from doctor.rulekit import smooth
+from doctor.rulekit import smooth, unclipped_grad_norm
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 _IGNORED = {"env.started", "env.host", "env.argv", "name"}  # differ between any two runs; not a cause
@@ -97,10 +97,8 @@ def _overlay(views: list[RunView], title: str, column: str, *, log_y: bool = Fal
     layout = _layout(title, log_y)
     data = []
     for i, view in enumerate(views):
-        series = steps_series(view, column)
-        if column == "grad_norm" and (preclip := steps_series(view, "grad_norm_preclip")) is not None:
-            series = preclip.combine_first(series) if series is not None else preclip  # the norm before any clip
-        if series is None:
+        series = steps_series(view, column) if column != "grad_norm" else unclipped_grad_norm(view)
+        if series is None or series.empty:
             continue
         if smoothed and len(series) > 50:
             series = smooth(series, max(len(series) // 50, 2))

@@ -49,6 +49,19 @@ def loss_curve(run: RunView) -> pd.Series:
     return loss[np.isfinite(loss.to_numpy())]
 
 
+def unclipped_grad_norm(run: RunView) -> pd.Series:
+    """The global gradient norm before any clipping: the pre-clip norm where clip_grad_norm_ ran, else the recorded one.
+
+    The recorded ``grad_norm`` is read as the optimizer consumes the gradients, so it is capped where the run clips.
+    Empty when the run logged neither.
+    """
+    steps = run.steps
+    recorded = steps["grad_norm"].dropna() if "grad_norm" in steps else pd.Series(dtype=float)
+    if not run.has("grad_norm_preclip"):
+        return recorded
+    return steps["grad_norm_preclip"].dropna().combine_first(recorded)
+
+
 def weight_params(run: RunView) -> list[str]:
     """Matrix/kernel parameters (dim >= 2), in model order: the ones whose scale and gradients compare."""
     return [name for name, shape in run.params["shape"].items() if isinstance(shape, list) and len(shape) >= 2]

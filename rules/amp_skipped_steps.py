@@ -43,6 +43,8 @@ BF16_OR_FP32_LOSS = Fix(
     GENERAL,
     "with torch.autocast('cuda', dtype=torch.bfloat16):\n    logits = model(x)\nloss = loss_fn(logits.float(), y)",
 )
+
+
 @dataclass(frozen=True)
 class Thresholds:
     max_streak: int = 8  # consecutive skipped iterations

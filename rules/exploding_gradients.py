@@ -52,7 +52,7 @@ import numpy as np
 from doctor import fixes
 from doctor.findings import Chart
 from doctor.rule import Rule
-from doctor.rulekit import finite_part, fmt, weight_params
+from doctor.rulekit import finite_part, fmt, unclipped_grad_norm, weight_params
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,8 @@ class ExplodingGradients(Rule):
 
     def check(self, run, t):
         preclip = run.has("grad_norm_preclip")
-        g = self._gradient_norm(run, preclip)
+        g = finite_part(unclipped_grad_norm(run), run)
+        g = g[np.isfinite(g.to_numpy())]
         if len(g) < 10:
             return []
         spikes, ratio, baseline = self._harmful_spikes(run, g, t)
@@ -157,15 +158,6 @@ class ExplodingGradients(Rule):
                 summary + ".", steps=where, layers=layers, evidence=evidence, charts=charts, severity=severity, fixes=ranked
             )
         ]
-
-    @staticmethod
-    def _gradient_norm(run, preclip):
-        """The global norm to judge: before clipping where the run clipped (the recorded norm is capped there)."""
-        g = run.steps["grad_norm"]
-        if preclip:
-            g = run.steps["grad_norm_preclip"].combine_first(g)
-        g = finite_part(g, run).dropna()
-        return g[np.isfinite(g.to_numpy())]
 
     @staticmethod
     def _charts(run, where, layers, jumps, preclip):

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-_MODULES = ("torch.nn.utils", "torch.nn.utils.clip_grad")
+_MODULES = (torch.nn.utils, torch.nn.utils.clip_grad)  # both names of each function
 _lock = threading.Lock()
 _runs: weakref.WeakSet[Any] = weakref.WeakSet()  # open runs, each with record_clip(...) and record_value_clip(...)
 _installed: dict[str, tuple[Any, Any]] = {}  # function name -> (the function we found, our wrapper around it)
@@ -50,12 +50,6 @@ def detach(run: Any) -> None:
         _runs.discard(run)
         if not _runs:
             _uninstall()
-
-
-def _modules() -> list[types.ModuleType]:
-    import importlib
-
-    return [importlib.import_module(name) for name in _MODULES]
 
 
 def _norm_clip(run: Any, ids: set[int], args: tuple, kwargs: dict, total: Any) -> None:
@@ -78,7 +72,7 @@ def _install() -> None:
             continue
         wrapper = _wrap(current, observe)
         _installed[name] = (current, wrapper)
-        for module in _modules():
+        for module in _MODULES:
             if getattr(module, name, None) is current:
                 setattr(module, name, wrapper)
 
@@ -102,7 +96,7 @@ def _wrap(original: Any, observe: Any) -> Any:
 
 def _uninstall() -> None:
     for name, (original, wrapper) in list(_installed.items()):
-        for module in _modules():
+        for module in _MODULES:
             if getattr(module, name, None) is wrapper:  # else someone wrapped us: leave their chain
                 setattr(module, name, original)
         del _installed[name]
