@@ -62,6 +62,81 @@ def test_gradient_norms_match_an_independent_computation(tmp_path, tiny_mlp):
     assert list(view.steps.index) == [0, 1, 2, 3, 4]
 
 
+def test_thinned_gradient_rows_are_the_max_over_each_window_and_keep_a_spike(tmp_path):
+    """grad_rows=4 thins after step 4; rows are the max over the steps since the previous row, across flushes.
+
+    One parameter is frozen for steps 10-19 (no gradient: its window max and the global norm skip it), and the
+    batch at step 23 is scaled 40x, a spike on a step that gets no row of its own.
+    """
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    per_step, totals = [], []
+    with doctor.watch(model, optimizer, log=tmp_path / "t.log", grad_rows=4, flush_every=7) as run:
+        for step in range(40):
+            model[2].bias.requires_grad_(not 10 <= step < 20)
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x * (40.0 if step == 23 else 1.0)), y)
+            loss.backward()
+            norms = [p.grad.norm().item() if p.grad is not None else math.nan for p in model.parameters()]
+            per_step.append(norms)
+            totals.append(math.sqrt(sum(n * n for n in norms if not math.isnan(n))))
+            optimizer.step()
+            run.log(loss=loss)
+    view = load_run(tmp_path / "t.log")
+    np.testing.assert_allclose(view.steps["grad_norm"].to_numpy(), totals, rtol=1e-5)
+    schedule = Schedule(1, 4)
+    rows = [s for s in range(40) if schedule.due(s)] + [39]  # the final flush closes the open window at step 39
+    assert list(view.grad_norms.index) == rows
+    expected, start = [], 0
+    for row in rows:
+        window = np.array(per_step[start : row + 1])
+        expected.append([np.nan if np.isnan(c).all() else np.nanmax(c) for c in window.T])
+        start = row + 1
+    np.testing.assert_allclose(view.grad_norms.to_numpy(), np.array(expected), rtol=1e-5)
+    spike_row = next(r for r in rows if r >= 23)  # step 23 has no row: the window that holds it keeps its norm
+    assert spike_row != 23 and view.grad_norms.loc[spike_row, "0.weight"] == pytest.approx(per_step[23][0], rel=1e-5)
+    assert per_step[23][0] > 5 * max(per_step[s][0] for s in range(20, 30) if s != 23)
+
+
+def test_module_hooks_are_on_only_for_steps_that_sample_activations(tmp_path, tiny_mlp):
+    """A forward hook on a module costs every call (PyTorch's slow call path): doctor keeps them off between samples."""
+    optimizer = torch.optim.SGD(tiny_mlp.parameters(), lr=0.05)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    hooked = []
+    with doctor.watch(tiny_mlp, optimizer, log=tmp_path / "h.log", activation_every=5) as run:
+        for _ in range(12):
+            hooked.append(sum(len(m._forward_hooks) for m in tiny_mlp.modules()))
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(tiny_mlp(x), y)
+            loss.backward()
+            optimizer.step()
+            run.log(loss=loss)
+    modules = len(load_run(tmp_path / "h.log").header["recorded_modules"])
+    assert modules > 0 and hooked == [modules if s % 5 == 0 else 0 for s in range(12)]
+    view = load_run(tmp_path / "h.log")
+    assert list(view.activations["mean"].index) == [0, 5, 10]
+    assert view.call_order and all(not m._forward_hooks for m in tiny_mlp.modules())
+
+
+def test_gradient_norms_of_a_bfloat16_model_are_recorded_in_float32(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).to(torch.bfloat16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(16, 6, dtype=torch.bfloat16), torch.randint(0, 3, (16,))
+    with doctor.watch(model, optimizer, log=tmp_path / "b.log") as run:
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        expected = [p.grad.float().norm().item() for p in model.parameters()]
+        optimizer.step()
+        run.log(loss=loss)
+    view = load_run(tmp_path / "b.log")
+    np.testing.assert_allclose(view.grad_norms.to_numpy()[0], expected, rtol=1e-2)  # bf16 norms, 8 bits of mantissa
+    assert not view.events_of("recorder_error")
+
+
 def test_steps_are_counted_by_the_optimizer_under_gradient_accumulation(tmp_path, tiny_mlp):
     run, losses = _train(tiny_mlp, tmp_path / "acc.log", steps=10, accumulate=4)
     view = load_run(tmp_path / "acc.log")
@@ -164,30 +239,75 @@ def test_an_error_inside_a_statistic_never_reaches_the_loop(tmp_path, tiny_mlp, 
     assert view.loss.size == 30 and not view.truncated  # the rest is still recorded
 
 
-def test_no_host_device_sync_on_non_flush_steps(tmp_path, tiny_mlp, monkeypatch):
+class _EveryRecordingPath(nn.Module):
+    """LSTM (singular values), batch norm and ReLU (activation statistics, dead units), a head that can be frozen."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(6, 16, batch_first=True)
+        self.norm = nn.BatchNorm1d(16)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(self.act(self.norm(out[:, -1])))
+
+
+# Every statistic sampled every 5 steps, gradient rows thinned after 4 steps, update ratios over a slice of the
+# weights at a time, and no flush until close(): every recording path runs on non-flush steps.
+_EVERY_PATH_OPTIONS = dict(
+    activation_every=5, weight_every=5, input_every=5, spectral_every=5, grad_rows=4, update_copy_mb=4096 / 2**20,
+    flush_every=10_000, flush_seconds=1e9,
+)
+
+
+def _train_every_path(model, run, x, y, steps=40, scaler=None, on_step=None):
+    optimizer = run.optimizer
+    for step in range(steps):
+        if on_step:
+            on_step(step)
+        model.head.bias.requires_grad_(not 10 <= step < 20)  # parameters without a gradient for a while
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, enabled=scaler is not None):
+            loss = nn.functional.cross_entropy(model(x), y)
+        if scaler is None:
+            loss.backward()
+        else:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # observed by doctor: the pre-clip norm
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
+        run.log(loss=loss, accuracy=0.5)
+
+
+def test_no_host_device_sync_on_non_flush_steps(tmp_path, monkeypatch):
     """Patch every host-reading Tensor method to raise: only the final flush may use them."""
 
     def forbidden(*args, **kwargs):
         raise AssertionError("host-device sync in the hot path")
 
-    optimizer = torch.optim.SGD(tiny_mlp.parameters(), lr=0.05)
-    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
-    run = doctor.watch(tiny_mlp, optimizer, log=tmp_path / "n.log", flush_every=10_000, flush_seconds=1e9)
+    torch.manual_seed(0)
+    model = _EveryRecordingPath()
+    optimizer = torch.optim.SGD(model.parameters(), 0.05, momentum=0.9)  # Adam reads its CPU step count with .item()
+    x, y = torch.randn(32, 5, 6), torch.randint(0, 3, (32,))
+    run = doctor.watch(model, optimizer, log=tmp_path / "n.log", **_EVERY_PATH_OPTIONS)
     with monkeypatch.context() as patch:
         for method in ("item", "cpu", "tolist", "__float__", "numpy", "__bool__"):
             patch.setattr(torch.Tensor, method, forbidden)
-        for _ in range(30):
-            loss = nn.functional.cross_entropy(tiny_mlp(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(tiny_mlp.parameters(), 1.0)  # observed by doctor: the pre-clip norm
-            optimizer.step()
-            run.log(loss=loss)
+        _train_every_path(model, run, x, y)
     run.close()
     view = load_run(tmp_path / "n.log")
-    assert not view.events_of("recorder_error")
-    assert view.steps["grad_norm_preclip"].notna().sum() == 30
-    assert view.loss.size == 30 and view.activations["std"].shape[0] == 1  # step 0 (then every 50)
+    assert not view.events_of("recorder_error") and not view.events_of("skipped")
+    assert view.steps["grad_norm_preclip"].notna().sum() == 40 and view.loss.size == 40
+    sampled = [0, 5, 10, 15, 20, 25, 30, 35]
+    assert list(view.activations["std"].index) == sampled and list(view.spectra.index) == sampled
+    assert list(view.update_ratios.index) == sampled and view.update_ratios.isna().any(axis=None)  # a slice at a time
+    assert np.isnan(view.grad_norms.loc[16, "head.bias"])  # its window (steps 13-16) had no gradient
 
 
 def test_unwritable_log_path_is_a_clear_error_at_watch_time(tmp_path, tiny_mlp):
@@ -348,22 +468,35 @@ def test_importing_doctor_is_cheap():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_no_sync_on_cuda(tmp_path):  # pragma: no cover - runs on the GPU machine
-    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)).cuda()
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    x, y = torch.randn(64, 64, device="cuda"), torch.randint(0, 4, (64,), device="cuda")
-    run = doctor.watch(model, optimizer, log=tmp_path / "cuda.log", flush_every=10_000, flush_seconds=1e9)
-    for step in range(30):
-        if step == 2:
-            torch.cuda.set_sync_debug_mode("error")
-        loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        run.log(loss=loss)
-    torch.cuda.set_sync_debug_mode(0)
-    run.close()
-    assert not load_run(tmp_path / "cuda.log").events_of("recorder_error")
+    """Every recording path under set_sync_debug_mode: "error" without a scaler (a sync anywhere raises; one inside
+    doctor becomes a recorder_error), then "warn" under GradScaler, whose own step() reads found_inf on the host,
+    where no warning may come from doctor's code."""
+    x, y = torch.randn(32, 5, 6, device="cuda"), torch.randint(0, 3, (32,), device="cuda")
+    for mode, scaler in (("error", None), ("warn", torch.amp.GradScaler("cuda"))):
+        torch.manual_seed(0)
+        model = _EveryRecordingPath().cuda()
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+        log = tmp_path / f"cuda-{mode}.log"
+        run = doctor.watch(model, optimizer, log=log, scaler=scaler, **_EVERY_PATH_OPTIONS)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                # from step 1: step 0 creates the optimizer's state, which is the user's and not doctor's
+                _train_every_path(
+                    model, run, x, y, scaler=scaler, on_step=lambda s, m=mode: s == 1 and torch.cuda.set_sync_debug_mode(m)
+                )
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        run.close()
+        from_doctor = [
+            f"{w.filename}:{w.lineno}: {w.message}"
+            for w in caught
+            if "synchroniz" in str(w.message) and f"{os.sep}doctor{os.sep}" in w.filename
+        ]
+        assert from_doctor == [], mode
+        view = load_run(log)
+        assert not view.events_of("recorder_error"), mode
+        assert view.num_steps == 40 and list(view.spectra.index)[:3] == [0, 5, 10] and len(view.activations["mean"]) == 8
 
 
 def test_grad_scaler_skipped_iterations_are_counted_and_training_is_unchanged(tmp_path):

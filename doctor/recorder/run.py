@@ -54,7 +54,9 @@ class _StepRow:
     wd: list[float] | None = None
     seconds: float | None = None
     data_seconds: float | None = None
-    grad_total: torch.Tensor | None = None
+    # Norm of each watched parameter's gradient (_NO_VALUE where it had none), on the device. The global norm
+    # and the thinned per-parameter rows are derived from these at the flush, not in the step.
+    grad_norms: torch.Tensor | None = None
     amp_skipped: int | None = None  # iterations GradScaler skipped (inf/nan gradients) before this step ran
     # clip_grad_norm_ calls of this step: the clipped parameter set -> (pre-clip total norm on the device, max_norm).
     # A set clipped again in the same step (GradScaler skipped the step in between) keeps its last call.
@@ -136,11 +138,14 @@ class Run:
         self.closed = False
         self._disabled: set[str] = set()
         self._rows: dict[int, _StepRow] = defaultdict(_StepRow)
-        self._grad_window: torch.Tensor | None = None
+        self._grad_window: tuple[int, torch.Tensor] | None = None  # an open window of grad maxima: (last step, maxima)
         self._grad_rows: list[tuple[int, torch.Tensor]] = []
-        self._grad_index_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._norms_on_one_device = True  # see _stack_norms
+        # "No value" for one parameter in a vector of norms: made on the device once (a fill, not a host copy).
+        self._no_value = torch.full((), _NO_VALUE, device=self._device)
         self._weights_before: list[torch.Tensor] | None = None
         self._weight_norms: torch.Tensor | None = None
+        self._weight_norm_list: list[torch.Tensor] = []
         self._copied: list[int] = []
         self._copy_cursor = 0
         self._weight_rows: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
@@ -159,6 +164,9 @@ class Run:
         self._last_flush_time = time.monotonic()
         self._last_flush_step = 0
         self._handles: list[Any] = []
+        # Per-module output hooks exist only on steps that sample activations (and step 0, for the call order):
+        # a module with any forward hook takes PyTorch's slow call path, about 1.3 us per module per step.
+        self._module_handles: list[Any] = []
         self._scaler: Any = None  # the GradScaler whose update() this run wraps
         self._clip_order_checked = False  # the first clip under a scaler: was unscale_() called before it?
 
@@ -309,8 +317,8 @@ class Run:
 
     @property
     def hook_count(self) -> int:
-        """How many hooks this run holds (zero after ``close()``)."""
-        return len(self._handles)
+        """How many hooks this run holds now (zero after ``close()``)."""
+        return len(self._handles) + len(self._module_handles)
 
     # ------------------------------------------------------------------ guard
     def _disable(self, stat: str, exc: BaseException) -> None:
@@ -336,6 +344,7 @@ class Run:
 
     def _handles_off(self) -> None:
         clipping.detach(self)
+        self._module_hooks_off()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -357,8 +366,17 @@ class Run:
         self._handles.append(self.optimizer.register_step_pre_hook(Hook(self._before_optimizer_step)))
         self._handles.append(self.optimizer.register_step_post_hook(Hook(self._after_optimizer_step)))
         self._handles.append(self.model.register_forward_pre_hook(Hook(self._before_forward), with_kwargs=True))
-        for index, (_, module) in enumerate(self._modules):
-            self._handles.append(module.register_forward_hook(Hook(self._module_hook(index))))
+
+    def _module_hooks_on(self) -> None:
+        if not self._module_handles:
+            self._module_handles = [
+                module.register_forward_hook(Hook(self._module_hook(index))) for index, (_, module) in enumerate(self._modules)
+            ]
+
+    def _module_hooks_off(self) -> None:
+        for handle in self._module_handles:
+            handle.remove()
+        self._module_handles = []
 
     def _watch_scaler(self, scaler: Any) -> None:
         """Wrap ``scaler.update`` (on this instance only) to count the iterations GradScaler skipped.
@@ -399,6 +417,10 @@ class Run:
         self._capture_inputs = "inputs" not in self._disabled and self._schedules["inputs"].due(self.step)
         self._acts: dict[int, torch.Tensor] = {}
         self._inputs: dict[str, torch.Tensor] | None = None
+        if (self._capture_acts or self.step == 0) and not self.closed and "log" not in self._disabled:
+            self._module_hooks_on()
+        elif self._module_handles:
+            self._module_hooks_off()
 
     def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if not torch.is_grad_enabled():
@@ -502,37 +524,72 @@ class Run:
         self._safe("log", lambda: self._event("skipped", stat=stat, what=what, reason=reason, step=self.step))
 
     def _record_grads(self, row: _StepRow) -> None:
-        indices, grads = [], []
-        for i, p in enumerate(self._params):
-            g = p.grad
-            if self._sharded and g is not None:
-                g = _local(g)
-            if g is not None:
-                indices.append(i)
-                grads.append(g.coalesce()._values() if g.is_sparse else g)
-        if not grads:
+        """Per-parameter gradient norms: two kernels (a norm per tensor, one stack) in the common case, no sync."""
+        grads = [p.grad for p in self._params]
+        if self._sharded or any(g is None or g.is_sparse for g in grads):
+            self._record_some_grads(row, grads)
             return
-        stacked = self._stack_norms(torch._foreach_norm(grads))
-        row.grad_total = torch.linalg.vector_norm(stacked)
-        if len(indices) == len(self._params):
-            full = stacked
-        else:
-            key = tuple(indices)
-            index = self._grad_index_cache.get(key)
-            if index is None:
-                index = self._grad_index_cache[key] = torch.tensor(indices, device=self._device)
-            full = torch.full((len(self._params),), _NO_VALUE, device=self._device).index_copy_(0, index, stacked)
-        window = full if self._grad_window is None else torch.maximum(self._grad_window, full)
-        if self._schedules["grads"].due(self.step):
-            self._grad_rows.append((self.step, window))
-            self._grad_window = None
-        else:
-            self._grad_window = window
+        row.grad_norms = self._stack_norms(torch._foreach_norm(grads))
+
+    def _record_some_grads(self, row: _StepRow, grads: list[torch.Tensor | None]) -> None:
+        """The general case: sharded or sparse gradients, or parameters without a gradient this step."""
+        present = []
+        for g in grads:
+            if g is not None:
+                g = _local(g) if self._sharded else g
+                present.append(g.coalesce()._values() if g.is_sparse else g)
+        if not present:
+            return
+        norms = iter(torch._foreach_norm(present))
+        row.grad_norms = self._stack_norms([self._no_value if g is None else next(norms) for g in grads])
+
+    def _settle_grad_norms(self, steps: list[int], rows: list[_StepRow], final: bool) -> torch.Tensor | None:
+        """The flushed steps' global gradient norms, and their per-parameter rows thinned by the schedule.
+
+        A step on the schedule gets a row: the max of each parameter's norm over the steps since the last row
+        (spikes survive thinning). A window still open at the end of the batch is carried to the next flush.
+        Returns the global norm of each row that has gradients, in order (None when none has).
+        """
+        kept = [(step, row.grad_norms) for step, row in zip(steps, rows) if row.grad_norms is not None]
+        if not kept:
+            if final and self._grad_window is not None:
+                self._grad_rows.append(self._grad_window)
+                self._grad_window = None
+            return None
+        norms = torch.stack([n for _, n in kept])
+        schedule = self._schedules["grads"]
+        start = 0
+        for k, (step, _) in enumerate(kept):
+            if schedule.due(step) or (final and k == len(kept) - 1):
+                window = norms[k] if k == start else norms[start : k + 1].amax(dim=0)
+                if self._grad_window is not None:
+                    window = torch.maximum(self._grad_window[1], window)
+                    self._grad_window = None
+                self._grad_rows.append((step, window))
+                start = k + 1
+        if start < len(kept):
+            window = norms[start:].amax(dim=0)
+            if self._grad_window is not None:
+                window = torch.maximum(self._grad_window[1], window)
+            self._grad_window = (kept[-1][0], window)
+        return torch.linalg.vector_norm(norms.clamp_min(0.0), dim=1)  # the _NO_VALUE placeholders count as 0
 
     def _stack_norms(self, norms: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """One float32 vector on the recording device; the common case (one device, fp32) is a single stack."""
-        if all(n.dtype == torch.float32 and n.device == self._device for n in norms):
-            return torch.stack(norms)
+        """One float32 vector on the recording device.
+
+        The common case (every norm on the recording device) is a single stack; reading each norm's device
+        and dtype in Python would cost more than the kernel. Norms spread over devices (a model split across
+        GPUs) make the stack fail once; from then on each norm is moved first.
+        """
+        if self._norms_on_one_device:
+            try:
+                stacked = torch.stack(norms)
+            except RuntimeError:
+                self._norms_on_one_device = False
+            else:
+                if stacked.device == self._device:
+                    return stacked if stacked.dtype == torch.float32 else stacked.float()
+                self._norms_on_one_device = False
         return torch.stack([n.to(self._device, torch.float32, non_blocking=True) for n in norms])
 
     def _copy_weights(self) -> None:
@@ -545,7 +602,8 @@ class Run:
         """
         if not self._params:
             return
-        self._weight_norms = self._stack_norms(torch._foreach_norm([self._data(p) for p in self._params]))
+        self._weight_norm_list = torch._foreach_norm([self._data(p) for p in self._params])
+        self._weight_norms = self._stack_norms(self._weight_norm_list)
         budget = self.config.update_copy_mb * 2**20
         chosen, used, n = [], 0, len(self._params)
         for k in range(n):
@@ -562,29 +620,29 @@ class Run:
     def _record_weights(self) -> None:
         """||w_after - w_before|| / ||w_before|| for the copied slice (null for the rest), on the device."""
         after = [self._data(self._params[i]) for i in self._copied]
-        delta = self._stack_norms(torch._foreach_norm(torch._foreach_sub(after, self._weights_before)))
+        delta = torch._foreach_norm(torch._foreach_sub(after, self._weights_before))
         weight = self._weight_norms
         if len(self._copied) == len(self._params):
-            ratio = delta / weight.clamp_min(1e-12)
-        else:
-            key = tuple(self._copied)
-            index = self._grad_index_cache.get(key)
-            if index is None:
-                index = self._grad_index_cache[key] = torch.tensor(self._copied, device=self._device)
-            ratio = torch.full_like(weight, _NO_VALUE).index_copy_(0, index, delta / weight[index].clamp_min(1e-12))
+            ratio = self._stack_norms(delta) / weight.clamp_min(1e-12)
+        else:  # placeholders, not an index tensor: building one on the device would copy from the host (a sync)
+            denominators = torch._foreach_clamp_min([self._weight_norm_list[i] for i in self._copied], 1e-12)
+            ratios = dict(zip(self._copied, torch._foreach_div(delta, denominators)))
+            ratio = self._stack_norms([ratios.get(i, self._no_value) for i in range(len(self._params))])
         self._weight_rows.append((self.step, weight, ratio))
 
     def _data(self, p: torch.Tensor) -> torch.Tensor:
         return _local(p.detach()) if self._sharded else p.detach()
 
     def _record_spectra(self) -> None:
-        values = [self._spectral(self._names[i], self._params[i], gates) for i, gates in self._recurrent]
-        self._spectra_rows.append((self.step, torch.cat([v.to(self._device) for v in values])))
+        values = self._spectral([(self._params[i], gates) for i, gates in self._recurrent])
+        self._spectra_rows.append((self.step, values.to(self._device)))
 
     def _scalar(self, value: Any) -> Any:
         if isinstance(value, torch.Tensor):
             value = value.detach()
-            value = value.float().mean() if value.numel() != 1 else value.reshape(()).float()
+            if value.dim() != 0:
+                value = value.float().mean() if value.numel() != 1 else value.reshape(())
+            value = value.float()
             return value.to(self._device, non_blocking=True) if value.device != self._device else value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"logged values must be numbers or tensors, got {type(value).__name__}")
@@ -598,16 +656,13 @@ class Run:
         settled_before = self.step + 1 if final else self.step - 1
         steps = sorted(s for s in self._rows if s < settled_before)
         rows = [self._rows.pop(s) for s in steps]
-        if final and self._grad_window is not None:
-            self._grad_rows.append((self.step - 1, self._grad_window))
-            self._grad_window = None
         tensors: dict[str, torch.Tensor] = {}
         host: dict[str, Any] = {"steps": steps, "rows": rows, "scalar_slots": {}}
 
-        totals = [(i, r.grad_total) for i, r in enumerate(rows) if r.grad_total is not None]
-        if totals:
-            tensors["grad_total"] = torch.stack([t for _, t in totals])
-            host["grad_total_rows"] = [i for i, _ in totals]
+        grad_total = self._settle_grad_norms(steps, rows, final)
+        if grad_total is not None:
+            tensors["grad_total"] = grad_total
+            host["grad_total_rows"] = [i for i, r in enumerate(rows) if r.grad_norms is not None]
         clipped = [i for i, r in enumerate(rows) if r.clips]
         if clipped:
             tensors["grad_preclip"] = torch.stack([self._preclip_total(rows[i]) for i in clipped])
