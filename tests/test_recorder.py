@@ -14,12 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import doctor
 from doctor.errors import UsageError
 from doctor.loader import load_run
 from doctor.recorder.schedule import Schedule
+from doctor.recorder.writer import rounded
 from tests.zoo import SequenceClassifier, SmallCNN, TinyTransformer, image_data, memory_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -575,3 +578,23 @@ def test_a_gradient_spike_is_reported_live_once(tmp_path, tiny_mlp):
                 optimizer.step()
                 run.log(loss=loss)
     assert sum("spiked" in str(w.message) for w in caught) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.just(-1.0)), max_size=40),
+    st.sampled_from([5, 6, 7]),
+)
+def test_vectorized_rounding_equals_formatting_each_value(values, digits):
+    """The flush rounds whole tables with numpy; it must write exactly what formatting each value would."""
+
+    def reference(v):
+        if v is None or v == -1.0:
+            return None
+        return float(f"{v:.{digits}g}") if math.isfinite(v) else v
+
+    got = rounded(values, digits, no_value=-1.0)
+    want = [reference(v) for v in values]
+    assert json.dumps(got) == json.dumps(want)  # same text in the log: NaN, infinities and nulls included
+    if values and None not in values:  # a table (steps x parameters), as the grads and weights records are
+        assert json.dumps(rounded([values, values[::-1]], digits, no_value=-1.0)) == json.dumps([want, want[::-1]])

@@ -31,6 +31,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -773,7 +774,7 @@ class Run:
                 {
                     "kind": schema.GRADS,
                     "step": host["grads_steps"],
-                    "norm": [rounded(r, no_value=_NO_VALUE) for r in values["grads"]],
+                    "norm": rounded(values["grads"], no_value=_NO_VALUE),
                 }
             )
             self._check_nonfinite_params(host["grads_steps"], values["grads"])
@@ -782,8 +783,8 @@ class Run:
                 {
                     "kind": schema.WEIGHTS,
                     "step": host["weights_steps"],
-                    "norm": [rounded(r) for r in values["weights"]],
-                    "update_ratio": [rounded(r, no_value=_NO_VALUE) for r in values["update_ratio"]],
+                    "norm": rounded(values["weights"]),
+                    "update_ratio": rounded(values["update_ratio"], no_value=_NO_VALUE),
                 }
             )
         if "spectra" in values:
@@ -792,7 +793,7 @@ class Run:
                     "kind": schema.SPECTRA,
                     "step": host["spectra_steps"],
                     "matrices": self._spectra_names,
-                    "sigma_max": [rounded(r) for r in values["spectra"]],
+                    "sigma_max": rounded(values["spectra"]),
                 }
             )
         if "activations" in values:
@@ -858,8 +859,11 @@ class Run:
     def _check_nonfinite_params(self, steps: list[int], rows: list[list[float]]) -> None:
         if "parameter" in self._nonfinite_seen:
             return
-        for step, row in zip(steps, rows):
-            bad = [self._names[i] for i, v in enumerate(row) if not math.isfinite(v)]
+        finite = np.isfinite(np.array(rows, dtype=np.float64))
+        if finite.all():
+            return
+        for step, row_finite in zip(steps, finite):
+            bad = [self._names[i] for i in np.flatnonzero(~row_finite)]
             if bad:
                 self._nonfinite_seen.add("parameter")
                 self._event("nonfinite", what="parameter_gradient", step=step, params=bad[:20], count=len(bad))
@@ -918,7 +922,8 @@ def _smallest_max_norm(row: _StepRow) -> float | None:
 
 def _table_values(rows: list[list[list[float]]], present: list[list[bool]]) -> list[list[list[float | None] | None]]:
     """Rows of per-module statistics; a module not seen in a sampled step is null."""
-    return [[rounded(cell, 5) if seen else None for cell, seen in zip(row, mask)] for row, mask in zip(rows, present)]
+    table = rounded(rows, 5)
+    return [[cell if seen else None for cell, seen in zip(row, mask)] for row, mask in zip(table, present)]
 
 
 def _host_number(value: Any) -> float | None:

@@ -15,24 +15,55 @@ unlinked inode nobody will ever read.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from doctor.errors import UsageError
 
 
-def rounded(values: list[float | None], digits: int = 6, no_value: float | None = None) -> list[float | None]:
-    """Round to ``digits`` significant digits to keep the log small; ``no_value`` (a sentinel) becomes null."""
-    out: list[float | None] = []
-    for v in values:
-        if v is None or v == no_value:
-            out.append(None)
-        elif math.isfinite(v):
-            out.append(float(f"{v:.{digits}g}"))
-        else:
-            out.append(v)
+def rounded(values: Any, digits: int = 6, no_value: float | None = None) -> list:
+    """Round to ``digits`` significant digits to keep the log small; None and ``no_value`` (a sentinel) become null.
+
+    Takes a list or a table (nested lists, one row per step) and returns the same shape as Python lists, NaN
+    and infinities kept. Vectorized: a flush rounds thousands of values, and formatting each one in Python
+    (``f"{v:.6g}"``) was half the flush's time.
+    """
+    if not len(values):
+        return []
+    array = np.array(values, dtype=np.float64)  # None -> NaN; told apart again below
+    null = array == no_value if no_value is not None else np.zeros(array.shape, dtype=bool)
+    if array.ndim == 1 and any(v is None for v in values):
+        null |= np.fromiter((v is None for v in values), dtype=bool, count=len(values))
+    result = _round_significant(array, digits).tolist()
+    for index in zip(*np.nonzero(null)):
+        cell = result
+        for i in index[:-1]:
+            cell = cell[i]
+        cell[index[-1]] = None
+    return result
+
+
+def _round_significant(array: np.ndarray, digits: int) -> np.ndarray:
+    """Each finite non-zero value to the nearest value with ``digits`` significant decimal digits.
+
+    ``round(x * 10**d) / 10**d`` divides two exactly represented numbers (10**d is exact for |d| <= 22), so
+    the result is the double nearest the short decimal and prints as it. The few values that need |d| > 22
+    (below about 1e-17 or above about 1e27) are formatted one by one.
+    """
+    out = array.copy()
+    ok = np.isfinite(array) & (array != 0)
+    x = array[ok]
+    decimals = digits - 1 - np.floor(np.log10(np.abs(x)))
+    scaled = np.empty_like(x)
+    up, down = (decimals >= 0) & (decimals <= 22), (decimals < 0) & (decimals >= -22)
+    scaled[up] = np.round(x[up] * 10.0 ** decimals[up]) / 10.0 ** decimals[up]
+    scaled[down] = np.round(x[down] / 10.0 ** -decimals[down]) * 10.0 ** -decimals[down]
+    tiny = ~(up | down)
+    scaled[tiny] = [float(f"{v:.{digits}g}") for v in x[tiny]]
+    out[ok] = scaled
     return out
 
 
