@@ -598,3 +598,41 @@ def test_vectorized_rounding_equals_formatting_each_value(values, digits):
     assert json.dumps(got) == json.dumps(want)  # same text in the log: NaN, infinities and nulls included
     if values and None not in values:  # a table (steps x parameters), as the grads and weights records are
         assert json.dumps(rounded([values, values[::-1]], digits, no_value=-1.0)) == json.dumps([want, want[::-1]])
+
+
+def test_a_compiled_model_stays_compiled_and_is_recorded(tmp_path):
+    """torch.compile traces hooks into its graph: a hook reading the run's step counter made Dynamo recompile
+    every step until it gave up (8 graphs, then eager). doctor's hooks break the graph and run as Python."""
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    eager_twin = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    eager_twin.load_state_dict(model.state_dict())
+    compiled = torch.compile(model, backend=counting_backend)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    losses = {}
+    for name, net, params in (("compiled", compiled, model.parameters()), ("eager", eager_twin, eager_twin.parameters())):
+        optimizer = torch.optim.SGD(params, 0.05)
+        watched = net is compiled
+        run = doctor.watch(model, optimizer, log=tmp_path / "c.log", activation_every=10) if watched else None
+        losses[name] = []
+        for _ in range(40):
+            loss = nn.functional.cross_entropy(net(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses[name].append(loss.item())
+            if run:
+                run.log(loss=loss)
+        if run:
+            run.close()
+    assert len(graphs) <= 4  # the graph pieces around the hooks, compiled once (was: a recompile every step)
+    np.testing.assert_allclose(losses["compiled"], losses["eager"], rtol=1e-5)
+    view = load_run(tmp_path / "c.log")
+    assert list(view.activations["mean"].index) == [0, 10, 20, 30] and view.num_steps == 40
+    np.testing.assert_allclose(view.loss.to_numpy(), losses["compiled"], rtol=1e-5)
