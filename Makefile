@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test eval bench gpu-check lint docs browser clean
+.PHONY: install demo test eval bench bench-instructions gpu-check lint docs browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,18 +29,25 @@ test: $(STAMP)
 eval: $(STAMP)
 	$(PY) -m tests.zoo
 
-## Recording overhead and analysis speed; figures go in BENCHMARKS.md.
+## Recording overhead (full-size and launch-bound tiny workloads) and analysis speed; figures go in BENCHMARKS.md.
 bench: $(STAMP)
 	$(PY) bench/overhead.py
+	$(PY) bench/dispatch.py
 	$(PY) bench/analysis.py
 
+## The recorder's CPU cost per step as callgrind instruction counts, free of clock noise (needs valgrind; ~10 min).
+bench-instructions: $(STAMP)
+	$(PY) bench/instructions.py
+
 ## On the device tool's CUDA machine, with its own python3 (it holds a CUDA torch; nothing can be installed
-## there): the no-sync test and the overhead benchmark under CUDA, about 5 minutes. Needs no .venv.
+## there): the no-sync test, the overhead benchmark and the launch-bound benchmark under CUDA, about 5 minutes.
+## Needs no .venv.
 GPU_PYTHON ?= python3
 gpu-check:
 	PYTHONPATH=. $(GPU_PYTHON) -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
 	PYTHONPATH=. $(GPU_PYTHON) -m pytest -q --noconftest -p no:cacheprovider tests/test_recorder.py -k cuda
 	PYTHONPATH=. PYTHONUNBUFFERED=1 $(GPU_PYTHON) bench/overhead.py --device cuda --blocks 6 --steps 20
+	PYTHONPATH=. PYTHONUNBUFFERED=1 $(GPU_PYTHON) bench/dispatch.py --device cuda --blocks 10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check doctor rules tests bench examples
