@@ -31,53 +31,16 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import HookClock, sync  # noqa: E402
+from overhead import BiLSTM, Encoder, HookClock, cnn, mlp, sync  # noqa: E402
 
 import doctor  # noqa: E402
 
-
-class TinyBiLSTM(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.rnn = nn.LSTM(4, 8, num_layers=2, bidirectional=True, batch_first=True)
-        self.head = nn.Linear(16, 2)
-
-    def forward(self, x):
-        out, _ = self.rnn(x)
-        return self.head(out[:, -1])
-
-
-class TinyEncoder(nn.Module):
-    def __init__(self):
-        super().__init__()
-        layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.1)
-        self.encoder = nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
-        self.head = nn.Linear(16, 10)
-
-    def forward(self, x):
-        return self.head(self.encoder(x).mean(dim=1))
-
-
-def tiny_cnn():
-    def block(i, o):
-        return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
-
-    return nn.Sequential(*block(3, 4), *block(4, 8), *block(8, 8), nn.Flatten(), nn.Linear(8, 10))
-
-
-def tiny_mlp():
-    layers = [nn.Linear(16, 16), nn.ReLU()]
-    for _ in range(4):
-        layers += [nn.Linear(16, 16), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(16, 10))
-
-
-# The architectures of overhead.py's workloads (same layers, same parameter count per layer type), tiny widths.
+# overhead.py's four architectures (the same layers and parameter tensors), at tiny widths.
 WORKLOADS = {
-    "bilstm_2 layers": (TinyBiLSTM, lambda: (torch.randn(2, 8, 4), torch.randint(0, 2, (2,)))),
-    "mlp_6 layers": (tiny_mlp, lambda: (torch.randn(4, 16), torch.randint(0, 10, (4,)))),
-    "transformer_4 layers": (TinyEncoder, lambda: (torch.randn(2, 4, 16), torch.randint(0, 10, (2,)))),
-    "cnn_bn_3 blocks": (tiny_cnn, lambda: (torch.randn(2, 3, 8, 8), torch.randint(0, 10, (2,)))),
+    "bilstm_2 layers": (lambda: BiLSTM(4, 8), lambda: (torch.randn(2, 8, 4), torch.randint(0, 2, (2,)))),
+    "mlp_6 layers": (lambda: mlp(16), lambda: (torch.randn(4, 16), torch.randint(0, 10, (4,)))),
+    "transformer_4 layers": (lambda: Encoder(16, 2, 32), lambda: (torch.randn(2, 4, 16), torch.randint(0, 10, (2,)))),
+    "cnn_bn_3 blocks": (lambda: cnn((4, 8, 8), 8), lambda: (torch.randn(2, 3, 8, 8), torch.randint(0, 10, (2,)))),
 }
 
 

@@ -32,10 +32,10 @@ import doctor
 
 
 class BiLSTM(nn.Module):
-    def __init__(self):
+    def __init__(self, inputs=32, hidden=128):
         super().__init__()
-        self.rnn = nn.LSTM(32, 128, num_layers=2, bidirectional=True, batch_first=True)
-        self.head = nn.Linear(256, 2)
+        self.rnn = nn.LSTM(inputs, hidden, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = nn.Linear(2 * hidden, 2)
 
     def forward(self, x):
         out, _ = self.rnn(x)
@@ -43,28 +43,30 @@ class BiLSTM(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self):
+    def __init__(self, d_model=256, heads=8, feedforward=1024):
         super().__init__()
-        layer = nn.TransformerEncoderLayer(256, 8, 1024, batch_first=True, dropout=0.1)
+        layer = nn.TransformerEncoderLayer(d_model, heads, feedforward, batch_first=True, dropout=0.1)
         self.encoder = nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
-        self.head = nn.Linear(256, 10)
+        self.head = nn.Linear(d_model, 10)
 
     def forward(self, x):
         return self.head(self.encoder(x).mean(dim=1))
 
 
-def cnn():
+def cnn(widths=(32, 64, 128), pixels=32):
     def block(i, o):
         return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
 
-    return nn.Sequential(*block(3, 32), *block(32, 64), *block(64, 128), nn.Flatten(), nn.Linear(128 * 4 * 4, 10))
+    a, b, c = widths
+    flat = c * (pixels // 8) ** 2
+    return nn.Sequential(*block(3, a), *block(a, b), *block(b, c), nn.Flatten(), nn.Linear(flat, 10))
 
 
-def mlp():
-    layers = [nn.Linear(512, 512), nn.ReLU()]
+def mlp(width=512):
+    layers = [nn.Linear(width, width), nn.ReLU()]
     for _ in range(4):
-        layers += [nn.Linear(512, 512), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(512, 10))
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(width, 10))
 
 
 WORKLOADS = {
