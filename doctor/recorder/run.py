@@ -145,8 +145,7 @@ class Run:
         # "No value" for one parameter in a vector of norms: made on the device once (a fill, not a host copy).
         self._no_value = torch.full((), _NO_VALUE, device=self._device)
         self._weights_before: list[torch.Tensor] | None = None
-        self._weight_norms: torch.Tensor | None = None
-        self._weight_norm_list: list[torch.Tensor] = []
+        self._weight_norms: list[torch.Tensor] = []  # of every parameter, taken before the step (0-d, on the device)
         self._copied: list[int] = []
         self._copy_cursor = 0
         self._weight_rows: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
@@ -552,28 +551,29 @@ class Run:
         Returns the global norm of each row that has gradients, in order (None when none has).
         """
         kept = [(step, row.grad_norms) for step, row in zip(steps, rows) if row.grad_norms is not None]
-        if not kept:
-            if final and self._grad_window is not None:
-                self._grad_rows.append(self._grad_window)
-                self._grad_window = None
-            return None
-        norms = torch.stack([n for _, n in kept])
+        norms = torch.stack([n for _, n in kept]) if kept else None
         schedule = self._schedules["grads"]
         start = 0
         for k, (step, _) in enumerate(kept):
-            if schedule.due(step) or (final and k == len(kept) - 1):
+            if schedule.due(step):
                 window = norms[k] if k == start else norms[start : k + 1].amax(dim=0)
-                if self._grad_window is not None:
-                    window = torch.maximum(self._grad_window[1], window)
-                    self._grad_window = None
-                self._grad_rows.append((step, window))
+                self._grad_rows.append((step, self._with_open_window(window)))
                 start = k + 1
         if start < len(kept):
-            window = norms[start:].amax(dim=0)
-            if self._grad_window is not None:
-                window = torch.maximum(self._grad_window[1], window)
-            self._grad_window = (kept[-1][0], window)
+            self._grad_window = (kept[-1][0], self._with_open_window(norms[start:].amax(dim=0)))
+        if final and self._grad_window is not None:  # the run ends: the open window becomes the last row
+            self._grad_rows.append(self._grad_window)
+            self._grad_window = None
+        if norms is None:
+            return None
         return torch.linalg.vector_norm(norms.clamp_min(0.0), dim=1)  # the _NO_VALUE placeholders count as 0
+
+    def _with_open_window(self, window: torch.Tensor) -> torch.Tensor:
+        """``window`` merged with the window carried over from the previous flush (which is then closed)."""
+        if self._grad_window is None:
+            return window
+        carried, self._grad_window = self._grad_window[1], None
+        return torch.maximum(carried, window)
 
     def _stack_norms(self, norms: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
         """One float32 vector on the recording device.
@@ -603,8 +603,7 @@ class Run:
         """
         if not self._params:
             return
-        self._weight_norm_list = torch._foreach_norm([self._data(p) for p in self._params])
-        self._weight_norms = self._stack_norms(self._weight_norm_list)
+        self._weight_norms = torch._foreach_norm([self._data(p) for p in self._params])
         budget = self.config.update_copy_mb * 2**20
         chosen, used, n = [], 0, len(self._params)
         for k in range(n):
@@ -622,11 +621,11 @@ class Run:
         """||w_after - w_before|| / ||w_before|| for the copied slice (null for the rest), on the device."""
         after = [self._data(self._params[i]) for i in self._copied]
         delta = torch._foreach_norm(torch._foreach_sub(after, self._weights_before))
-        weight = self._weight_norms
+        weight = self._stack_norms(self._weight_norms)
         if len(self._copied) == len(self._params):
             ratio = self._stack_norms(delta) / weight.clamp_min(1e-12)
         else:  # placeholders, not an index tensor: building one on the device would copy from the host (a sync)
-            denominators = torch._foreach_clamp_min([self._weight_norm_list[i] for i in self._copied], 1e-12)
+            denominators = torch._foreach_clamp_min([self._weight_norms[i] for i in self._copied], 1e-12)
             ratios = dict(zip(self._copied, torch._foreach_div(delta, denominators)))
             ratio = self._stack_norms([ratios.get(i, self._no_value) for i in range(len(self._params))])
         self._weight_rows.append((self.step, weight, ratio))
@@ -731,9 +730,7 @@ class Run:
         steps = host["steps"]
         if steps:
             rows = host["rows"]
-            grad_total: list[float | None] = [None] * len(rows)
-            for slot, row_index in enumerate(host.get("grad_total_rows", [])):
-                grad_total[row_index] = values["grad_total"][slot]
+            grad_total = _by_row(len(rows), host.get("grad_total_rows", []), values.get("grad_total"))
             keys = sorted({k for row in rows for k in row.scalars})
             scalars: dict[str, list[float | None]] = {}
             for key in keys:
@@ -760,10 +757,8 @@ class Run:
                 "grad_norm": rounded(grad_total),
                 "scalars": scalars,
             }
-            preclip: list[float | None] = [None] * len(rows)
+            preclip = _by_row(len(rows), host.get("preclip_rows", []), values.get("grad_preclip"))
             if host.get("preclip_rows"):
-                for slot, row_index in enumerate(host["preclip_rows"]):
-                    preclip[row_index] = values["grad_preclip"][slot]
                 record["grad_norm_preclip"] = rounded(preclip)
                 record["clip_max_norm"] = [_smallest_max_norm(r) for r in rows]
             self._writer.write(record)
@@ -912,6 +907,14 @@ def _still_scaled(scaler: Any, optimizer: torch.optim.Optimizer) -> bool:
 
     state = scaler._per_optimizer_states.get(id(optimizer))
     return state is None or state.get("stage") is OptState.READY
+
+
+def _by_row(count: int, rows_of_slots: list[int], slot_values: list[float] | None) -> list[float | None]:
+    """A column of ``count`` rows from values copied for some of them (slot k belongs to row rows_of_slots[k])."""
+    column: list[float | None] = [None] * count
+    for slot, row_index in enumerate(rows_of_slots):
+        column[row_index] = slot_values[slot]
+    return column
 
 
 def _smallest_max_norm(row: _StepRow) -> float | None:
