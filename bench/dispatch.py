@@ -82,7 +82,8 @@ def count_ops(make, data, device, log):
         with OpCounter() as many:
             for _ in range(99):
                 _step(model, optimizer, run, x, y)
-        counts[mode] = (sum(one.ops.values()), (sum(one.ops.values()) + sum(many.ops.values())) / 100, one.ops)
+        first = sum(one.ops.values())
+        counts[mode] = (first, (first + sum(many.ops.values())) / 100, one.ops)
         if run:
             run.close()
     return counts
