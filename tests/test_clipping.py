@@ -124,6 +124,34 @@ def test_disjoint_clips_in_one_step_add_up_to_the_global_norm(tmp_path):
     assert (steps["clip_max_norm"] == 0.2).all()  # the tighter of the two limits
 
 
+def _accelerate_style_clip(parameters, max_norm, norm_type=2.0):
+    """What Accelerate 1.x (so the Hugging Face Trainer) does: the total first, then the clip with it."""
+    params = list(parameters)
+    total = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type)  # looked up at call time, as it does
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
+
+
+@pytest.mark.skipif(not hasattr(torch.nn.utils, "clip_grads_with_norm_"), reason="torch < 2.6 has no clip_grads_with_norm_")
+def test_a_clip_made_of_get_total_norm_and_clip_grads_with_norm_is_seen(tmp_path, tiny_mlp):
+    originals = torch.nn.utils.get_total_norm, torch.nn.utils.clip_grads_with_norm_
+    returned, _ = _clipped_training(tiny_mlp, tmp_path / "a.log", clip=_accelerate_style_clip)
+    assert (torch.nn.utils.get_total_norm, torch.nn.utils.clip_grads_with_norm_) == originals  # off again after close
+    steps = load_run(tmp_path / "a.log").steps
+    np.testing.assert_allclose(steps["grad_norm_preclip"].to_numpy(), returned, rtol=1e-5)
+    assert (steps["clip_max_norm"] == 0.5).all()
+    clipped = steps["grad_norm_preclip"] > 0.5
+    assert clipped.sum() >= 10
+    np.testing.assert_allclose(steps.loc[clipped, "grad_norm"].to_numpy(), 0.5, rtol=1e-4)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    _clipped_training(model, tmp_path / "inf.log", clip=lambda ps, m: _accelerate_style_clip(ps, m, float("inf")))
+    view = load_run(tmp_path / "inf.log")
+    assert "grad_norm_preclip" not in view.steps  # an inf-norm total does not compare with the L2 norm recorded
+    assert any("norm_type=inf" in e["what"] for e in view.events_of("skipped"))
+
+
 def _train_fp16(log, unscale_first):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))

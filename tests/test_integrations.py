@@ -141,6 +141,10 @@ def test_hugging_face_callback_records_a_run_that_doctor_diagnoses(tmp_path, rul
     assert view.steps["val_loss"].notna().sum() == 3
     assert "eval_runtime" not in view.steps
     assert "bert.encoder.layer.1.attention.self.query.weight" in view.grad_norms
+    # The Trainer clips at max_grad_norm=1.0 (through Accelerate); the norm before that clip is recorded, so a
+    # pre-clip norm of 1-2.5 is not mistaken for the norm pinned at the ceiling.
+    assert view.steps["grad_norm_preclip"].notna().sum() == 300 and (view.steps["clip_max_norm"] == 1.0).all()
+    assert view.steps["grad_norm_preclip"].median() > 1.0
     findings = analyze(view, rules).findings
     assert [f.rule for f in findings] == ["loss_plateau"]
     assert "learning rate is far too low" in findings[0].summary

@@ -7,10 +7,15 @@ tensor on the device; keeping a reference to it costs no kernel and no sync.
 
 The wrapper goes onto ``torch.nn.utils`` and ``torch.nn.utils.clip_grad`` when the first run opens and comes
 off when the last one closes (if another library wrapped the function after us, ours stays inside its chain
-and passes straight through). Lightning, Accelerate and the Hugging Face Trainer call the function through
-``torch.nn.utils`` and are seen. Code that bound the name before ``watch()`` (``from torch.nn.utils import
-clip_grad_norm_`` at the top of a script) calls the original: ``run.log(grad_norm_preclip=..., clip_max_norm=...)``
-records it by hand, and the ``persistent_clipping`` rule still sees the norm pinned at the ceiling.
+and passes straight through). Lightning calls the function through ``torch.nn.utils`` and is seen. Accelerate
+(1.x, and so the Hugging Face Trainer) computes the total itself with ``get_total_norm`` and clips with
+``clip_grads_with_norm_(parameters, max_norm, total_norm)``, both looked up on ``torch.nn.utils`` at call time;
+that pair is observed too (torch 2.6 and later have it), taking the norm type from the thread's last
+``get_total_norm`` call (L2, torch's default, when there was none). Torch's own ``clip_grad_norm_`` calls the
+private names of the pair, so a clip is never seen twice. Code that bound the name before ``watch()``
+(``from torch.nn.utils import clip_grad_norm_`` at the top of a script) calls the original:
+``run.log(grad_norm_preclip=..., clip_max_norm=...)`` records it by hand, and the ``persistent_clipping`` rule
+still sees the norm pinned at the ceiling.
 
 ``clip_grad_value_`` is observed too, only to say in the log that the recorded norms are after a value clip:
 how much such a clip cut would take another pass over every gradient, which doctor does not spend.
@@ -34,6 +39,7 @@ _MODULES = (torch.nn.utils, torch.nn.utils.clip_grad)  # both names of each func
 _lock = threading.Lock()
 _runs: weakref.WeakSet[Any] = weakref.WeakSet()  # open runs, each with record_clip(...) and record_value_clip(...)
 _installed: dict[str, tuple[Any, Any]] = {}  # function name -> (the function we found, our wrapper around it)
+_last_total = threading.local()  # norm_type of this thread's last get_total_norm call, for clip_grads_with_norm_
 
 
 def attach(run: Any) -> None:
@@ -62,7 +68,22 @@ def _value_clip(run: Any, ids: set[int], args: tuple, kwargs: dict, _result: Any
     run.record_value_clip(ids, args[1] if len(args) > 1 else kwargs.get("clip_value"))
 
 
-_OBSERVERS = {"clip_grad_norm_": _norm_clip, "clip_grad_value_": _value_clip}
+def _total_norm_type(_run: Any, _ids: set[int], args: tuple, kwargs: dict, _result: Any) -> None:
+    _last_total.norm_type = args[1] if len(args) > 1 else kwargs.get("norm_type", 2.0)
+
+
+def _clip_with_norm(run: Any, ids: set[int], args: tuple, kwargs: dict, _result: Any) -> None:
+    max_norm = args[1] if len(args) > 1 else kwargs.get("max_norm")
+    total = args[2] if len(args) > 2 else kwargs.get("total_norm")
+    run.record_clip(ids, total, max_norm, getattr(_last_total, "norm_type", 2.0))
+
+
+_OBSERVERS = {
+    "clip_grad_norm_": _norm_clip,
+    "clip_grad_value_": _value_clip,
+    "get_total_norm": _total_norm_type,
+    "clip_grads_with_norm_": _clip_with_norm,
+}
 
 
 def _install() -> None:
