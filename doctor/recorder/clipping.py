@@ -68,10 +68,6 @@ def _value_clip(run: Any, ids: set[int], args: tuple, kwargs: dict, _result: Any
     run.record_value_clip(ids, args[1] if len(args) > 1 else kwargs.get("clip_value"))
 
 
-def _total_norm_type(_run: Any, _ids: set[int], args: tuple, kwargs: dict, _result: Any) -> None:
-    _last_total.norm_type = args[1] if len(args) > 1 else kwargs.get("norm_type", 2.0)
-
-
 def _clip_with_norm(run: Any, ids: set[int], args: tuple, kwargs: dict, _result: Any) -> None:
     max_norm = args[1] if len(args) > 1 else kwargs.get("max_norm")
     total = args[2] if len(args) > 2 else kwargs.get("total_norm")
@@ -81,7 +77,7 @@ def _clip_with_norm(run: Any, ids: set[int], args: tuple, kwargs: dict, _result:
 _OBSERVERS = {
     "clip_grad_norm_": _norm_clip,
     "clip_grad_value_": _value_clip,
-    "get_total_norm": _total_norm_type,
+    "get_total_norm": None,  # not a clip: only its norm type is noted, for the clip_grads_with_norm_ that follows
     "clip_grads_with_norm_": _clip_with_norm,
 }
 
@@ -105,6 +101,9 @@ def _wrap(original: Any, observe: Any) -> Any:
     @functools.wraps(original)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not _runs:
+            return original(*args, **kwargs)
+        if observe is None:
+            _last_total.norm_type = args[1] if len(args) > 1 else kwargs.get("norm_type", 2.0)
             return original(*args, **kwargs)
         args, kwargs, params = _parameters_of(args, kwargs)
         result = original(*args, **kwargs)

@@ -298,7 +298,8 @@ class Run:
                 "clipping", f"clip_grad_norm_(norm_type={norm_type})", "only L2 norms compare with the recorded gradient norm"
             )
             return
-        self._rows[self.step].clips[frozenset(ids)] = (total.detach().reshape(()), _host_number(max_norm))
+        total = total.detach()
+        self._rows[self.step].clips[frozenset(ids)] = (total.reshape(()) if total.dim() else total, _host_number(max_norm))
         if self._scaler is not None and not self._clip_order_checked:
             self._clip_order_checked = True
             if _still_scaled(self._scaler, self.optimizer):
