@@ -58,19 +58,22 @@ def detach(run: Any) -> None:
             _uninstall()
 
 
+def _argument(args: tuple, kwargs: dict, position: int, name: str, default: Any = None) -> Any:
+    """One argument of a call, passed by position or by name."""
+    return args[position] if len(args) > position else kwargs.get(name, default)
+
+
 def _norm_clip(run: Any, ids: set[int], args: tuple, kwargs: dict, total: Any) -> None:
-    max_norm = args[1] if len(args) > 1 else kwargs.get("max_norm")
-    norm_type = args[2] if len(args) > 2 else kwargs.get("norm_type", 2.0)
+    max_norm, norm_type = _argument(args, kwargs, 1, "max_norm"), _argument(args, kwargs, 2, "norm_type", 2.0)
     run.record_clip(ids, total, max_norm, norm_type)
 
 
 def _value_clip(run: Any, ids: set[int], args: tuple, kwargs: dict, _result: Any) -> None:
-    run.record_value_clip(ids, args[1] if len(args) > 1 else kwargs.get("clip_value"))
+    run.record_value_clip(ids, _argument(args, kwargs, 1, "clip_value"))
 
 
 def _clip_with_norm(run: Any, ids: set[int], args: tuple, kwargs: dict, _result: Any) -> None:
-    max_norm = args[1] if len(args) > 1 else kwargs.get("max_norm")
-    total = args[2] if len(args) > 2 else kwargs.get("total_norm")
+    max_norm, total = _argument(args, kwargs, 1, "max_norm"), _argument(args, kwargs, 2, "total_norm")
     run.record_clip(ids, total, max_norm, getattr(_last_total, "norm_type", 2.0))
 
 
@@ -103,7 +106,7 @@ def _wrap(original: Any, observe: Any) -> Any:
         if not _runs:
             return original(*args, **kwargs)
         if observe is None:
-            _last_total.norm_type = args[1] if len(args) > 1 else kwargs.get("norm_type", 2.0)
+            _last_total.norm_type = _argument(args, kwargs, 1, "norm_type", 2.0)
             return original(*args, **kwargs)
         args, kwargs, params = _parameters_of(args, kwargs)
         result = original(*args, **kwargs)
